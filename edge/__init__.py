@@ -1,0 +1,1 @@
+"""Edge deployment (TFLite conversion, runtime without TensorFlow). Must import without TensorFlow."""

@@ -1,0 +1,31 @@
+"""tripled_tf: TripleDNet self-supervised monocular depth in Keras 3 / TensorFlow."""
+from setuptools import find_packages, setup
+
+setup(
+    name="tripled_tf",
+    version="0.1.0",
+    description=("TripleDNet (BMVC 2022) self-supervised monocular depth estimation in "
+                 "Keras 3 / TensorFlow, with edge (TFLite) and server (SavedModel) export"),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["tripled_tf", "tripled_tf.*", "edge", "edge.*", "tools", "tools.*"]),
+    install_requires=[
+        # TF 2.21 is the newest release; it requires keras>=3.12 and brings Keras 3 as tf.keras.
+        "tensorflow>=2.21,<3",
+        "keras>=3.10",
+        "numpy>=2",  # opencv-python-headless 5 needs numpy 2
+        "opencv-python-headless",
+        "absl-py",
+        "tensorboard",  # no longer installed by TF 2.21; needed to view the training logs
+    ],
+    extras_require={
+        "dev": ["pytest>=7"],
+        "edge": ["ai-edge-litert"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)

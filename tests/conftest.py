@@ -1,0 +1,23 @@
+"""Shared pytest fixtures."""
+import os
+import pathlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = pathlib.Path(os.environ.get("TRIPLED_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    """The small real data in ../shared/data (KITTI raw snippet, splits, samples); skips if absent."""
+    if not (SHARED_DATA / "kitti_raw").is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (set TRIPLED_SHARED_DATA to its folder)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> pathlib.Path:
+    return REPO_ROOT

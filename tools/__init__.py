@@ -1,0 +1,1 @@
+"""Command-line tools: data preparation, weight conversion, benchmarks."""

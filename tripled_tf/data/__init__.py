@@ -1,0 +1,1 @@
+"""Data sources (built-in synthetic scene, KITTI, own video) and the tf.data pipeline."""

@@ -1,0 +1,1 @@
+"""Keras models: ResNet encoders, depth decoder, pose network and the trainable depth models."""
