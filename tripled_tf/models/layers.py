@@ -1,0 +1,165 @@
+"""Small layers shared by the decoders (depth, appearance, extractor and pose decoders).
+
+All decoder convolutions are initialised like PyTorch's ``nn.Conv2d`` default (``reset_parameters``):
+kernel ~ U(±1/sqrt(fan_in)) (kaiming_uniform with a = sqrt(5)) and bias ~ U(±1/sqrt(fan_in)), with
+fan_in = k_h · k_w · in_channels. The reference decoders are trained from that initialisation, so
+using Keras' Glorot / zero defaults would change the starting point of training.
+
+Every layer here lowers to GPU-delegate-friendly TFLite ops: reflection padding to MIRROR_PAD (REFLECT
+mode), nearest upsampling to a single RESIZE_NEAREST_NEIGHBOR, ELU to ELU.
+"""
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+PADDING_MODES = ("reflect", "zero")
+
+
+def torch_default_kernel_initializer() -> keras.initializers.Initializer:
+    """Kernel initialiser equal to PyTorch's conv default: U(-1/sqrt(fan_in), +1/sqrt(fan_in)).
+
+    VarianceScaling(scale, fan_in, uniform) draws from U(±sqrt(3 · scale / fan_in)); scale = 1/3 gives
+    the PyTorch bound. fan_in = k_h · k_w · in_channels for a Keras HWIO kernel.
+    """
+    return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+
+
+def torch_default_bias_initializer(fan_in: int) -> keras.initializers.Initializer:
+    """Bias initialiser equal to PyTorch's conv default: U(-1/sqrt(fan_in), +1/sqrt(fan_in)).
+
+    Needs the kernel's fan_in (k_h · k_w · in_channels), which is only known when the layer is built.
+    """
+    if fan_in <= 0:
+        raise ValueError(f"fan_in must be positive, got {fan_in}")
+    bound = 1.0 / math.sqrt(fan_in)
+    return keras.initializers.RandomUniform(minval=-bound, maxval=bound)
+
+
+@keras.saving.register_keras_serializable(package="tripled_tf")
+class TorchInitConv2D(keras.layers.Conv2D):
+    """``keras.layers.Conv2D`` initialised like ``torch.nn.Conv2d`` (see the module docstring).
+
+    Use for every decoder convolution. Padding defaults to "valid": pad explicitly beforehand (as
+    :class:`Conv3x3` does) because TF's "same" pads asymmetrically for stride 2.
+
+    Input ``[B, H, W, C_in]``, output ``[B, H', W', filters]``. Takes the arguments of Conv2D except the
+    initialisers, which are fixed.
+    """
+
+    def __init__(self, filters: int, kernel_size=1, strides=1, padding: str = "valid",
+                 use_bias: bool = True, **kwargs):
+        kwargs.pop("kernel_initializer", None)
+        kwargs.pop("bias_initializer", None)
+        super().__init__(filters, kernel_size, strides=strides, padding=padding, use_bias=use_bias,
+                         kernel_initializer=torch_default_kernel_initializer(), **kwargs)
+
+    def build(self, input_shape):
+        in_channels = input_shape[-1]
+        if in_channels is None:
+            raise ValueError(f"{self.name}: the number of input channels must be known, got input "
+                             f"shape {tuple(input_shape)}")
+        # The bias bound depends on fan_in, unknown until now.
+        fan_in = int(in_channels) * int(math.prod(self.kernel_size))
+        self.bias_initializer = torch_default_bias_initializer(fan_in)
+        super().build(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("kernel_initializer", None)
+        config.pop("bias_initializer", None)
+        return config
+
+
+def _pad_spatial(x: tf.Tensor, pad: int, mode: str) -> tf.Tensor:
+    paddings = [[0, 0], [pad, pad], [pad, pad], [0, 0]]
+    return tf.pad(x, paddings, mode="REFLECT" if mode == "reflect" else "CONSTANT")
+
+
+@keras.saving.register_keras_serializable(package="tripled_tf")
+class Conv3x3(keras.layers.Layer):
+    """Pad by 1 pixel on every side, then a 3x3 stride-1 convolution (bias by default).
+
+    ``padding_mode="reflect"`` (default, the decoders' choice) uses ``tf.pad(mode="REFLECT")``, which
+    lowers to TFLite MIRROR_PAD (supported by the GPU delegate); ``"zero"`` pads with zeros (pose
+    decoder, pretext heads).
+
+    Input ``[B, H, W, C_in]`` (H, W >= 2 for reflection), output ``[B, H, W, filters]``.
+    The inner convolution is the sublayer ``conv`` (PyTorch module path ``<name>.conv``).
+    """
+
+    def __init__(self, filters: int, padding_mode: str = "reflect", use_bias: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        self.filters = int(filters)
+        self.padding_mode = padding_mode
+        self.use_bias = bool(use_bias)
+        self.conv = TorchInitConv2D(self.filters, 3, use_bias=self.use_bias, name="conv")
+
+    def call(self, x):
+        return self.conv(_pad_spatial(x, 1, self.padding_mode))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.filters,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.filters, padding_mode=self.padding_mode, use_bias=self.use_bias)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tripled_tf")
+class ConvBlock(keras.layers.Layer):
+    """:class:`Conv3x3` (reflection padding, bias) followed by ELU (alpha = 1).
+
+    Input ``[B, H, W, C_in]``, output ``[B, H, W, filters]``.
+    """
+
+    def __init__(self, filters: int, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.conv = Conv3x3(self.filters, name="conv")
+
+    def call(self, x):
+        return tf.nn.elu(self.conv(x))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.filters,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.filters)
+        return config
+
+
+def upsample_nearest_2x(x) -> tf.Tensor:
+    """Nearest-neighbour x2 upsampling: ``out[b, 2i + a, 2j + c] = x[b, i, j]`` for a, c in {0, 1}.
+
+    ``x``: ``[B, H, W, C]`` (H, W may be dynamic) -> ``[B, 2H, 2W, C]``. Uses ``tf.image.resize``
+    (nearest) on the dynamic shape, which lowers to one TFLite RESIZE_NEAREST_NEIGHBOR, whereas
+    ``keras.layers.UpSampling2D`` lowers to 5-D RESHAPE/TILE that GPU delegates reject.
+    """
+    x = tf.convert_to_tensor(x)
+    if x.shape.rank is not None and x.shape.rank != 4:
+        raise ValueError(f"upsample_nearest_2x: expected [B, H, W, C], got shape {list(x.shape)}")
+    size = tf.shape(x)[1:3] * 2
+    y = tf.image.resize(x, size, method="nearest")
+    # The resize to a dynamic size forgets the static H, W; restore what is known.
+    y.set_shape([x.shape[0], None if x.shape[1] is None else 2 * x.shape[1],
+                 None if x.shape[2] is None else 2 * x.shape[2], x.shape[3]])
+    return y
+
+
+@keras.saving.register_keras_serializable(package="tripled_tf")
+class Upsample2x(keras.layers.Layer):
+    """Layer form of :func:`upsample_nearest_2x`: ``[B, H, W, C]`` -> ``[B, 2H, 2W, C]``."""
+
+    def call(self, x):
+        return upsample_nearest_2x(x)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        return (b, None if h is None else 2 * h, None if w is None else 2 * w, c)
