@@ -75,8 +75,42 @@ def max_pool_3x3_stride2(x) -> tf.Tensor:
                             padding="VALID")
 
 
+class _ResidualBlock(keras.layers.Layer):
+    """What BasicBlock and Bottleneck share: arguments, the projection shortcut, the config."""
+
+    expansion = 1
+
+    def __init__(self, planes: int, stride: int = 1, downsample: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.planes = int(planes)
+        self.stride = int(stride)
+        self.downsample = bool(downsample)
+        self.torchvision_layers = []
+        if self.downsample:
+            prefix = self.name
+            self.downsample_conv = _conv(self.planes * self.expansion, 1, self.stride,
+                                         f"{prefix}.downsample.0")
+            self.downsample_bn = _batch_norm(f"{prefix}.downsample.1")
+
+    def _register(self, *layers) -> None:
+        """Records the sublayers in torchvision state_dict order (the projection comes last)."""
+        self.torchvision_layers = list(layers)
+        if self.downsample:
+            self.torchvision_layers += [self.downsample_conv, self.downsample_bn]
+
+    def _shortcut(self, x, training):
+        if self.downsample:
+            return self.downsample_bn(self.downsample_conv(x), training=training)
+        return x
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(planes=self.planes, stride=self.stride, downsample=self.downsample)
+        return config
+
+
 @keras.saving.register_keras_serializable(package="tripled_tf")
-class BasicBlock(keras.layers.Layer):
+class BasicBlock(_ResidualBlock):
     """torchvision ``BasicBlock`` (ResNet-18/34). ``[B, H, W, C_in]`` -> ``[B, H/s, W/s, planes]``.
 
     Args:
@@ -89,37 +123,22 @@ class BasicBlock(keras.layers.Layer):
     expansion = 1
 
     def __init__(self, planes: int, stride: int = 1, downsample: bool = False, **kwargs):
-        super().__init__(**kwargs)
-        self.planes = int(planes)
-        self.stride = int(stride)
-        self.downsample = bool(downsample)
+        super().__init__(planes, stride, downsample, **kwargs)
         prefix = self.name
         self.conv1 = _conv(self.planes, 3, self.stride, f"{prefix}.conv1")
         self.bn1 = _batch_norm(f"{prefix}.bn1")
         self.conv2 = _conv(self.planes, 3, 1, f"{prefix}.conv2")
         self.bn2 = _batch_norm(f"{prefix}.bn2")
-        self.torchvision_layers = [self.conv1, self.bn1, self.conv2, self.bn2]
-        if self.downsample:
-            self.downsample_conv = _conv(self.planes, 1, self.stride, f"{prefix}.downsample.0")
-            self.downsample_bn = _batch_norm(f"{prefix}.downsample.1")
-            self.torchvision_layers += [self.downsample_conv, self.downsample_bn]
+        self._register(self.conv1, self.bn1, self.conv2, self.bn2)
 
     def call(self, x, training=None):
         out = tf.nn.relu(self.bn1(self.conv1(_zero_pad(x, 1)), training=training))
         out = self.bn2(self.conv2(_zero_pad(out, 1)), training=training)
-        shortcut = x
-        if self.downsample:
-            shortcut = self.downsample_bn(self.downsample_conv(x), training=training)
-        return tf.nn.relu(out + shortcut)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(planes=self.planes, stride=self.stride, downsample=self.downsample)
-        return config
+        return tf.nn.relu(out + self._shortcut(x, training))
 
 
 @keras.saving.register_keras_serializable(package="tripled_tf")
-class Bottleneck(keras.layers.Layer):
+class Bottleneck(_ResidualBlock):
     """torchvision ``Bottleneck`` v1.5 (ResNet-50/101).
 
     ``[B, H, W, C_in]`` -> ``[B, H/s, W/s, 4 · planes]``; the stride is in the 3x3 conv (v1.5).
@@ -130,37 +149,21 @@ class Bottleneck(keras.layers.Layer):
     expansion = 4
 
     def __init__(self, planes: int, stride: int = 1, downsample: bool = False, **kwargs):
-        super().__init__(**kwargs)
-        self.planes = int(planes)
-        self.stride = int(stride)
-        self.downsample = bool(downsample)
+        super().__init__(planes, stride, downsample, **kwargs)
         prefix = self.name
-        out_channels = self.planes * self.expansion
         self.conv1 = _conv(self.planes, 1, 1, f"{prefix}.conv1")
         self.bn1 = _batch_norm(f"{prefix}.bn1")
         self.conv2 = _conv(self.planes, 3, self.stride, f"{prefix}.conv2")
         self.bn2 = _batch_norm(f"{prefix}.bn2")
-        self.conv3 = _conv(out_channels, 1, 1, f"{prefix}.conv3")
+        self.conv3 = _conv(self.planes * self.expansion, 1, 1, f"{prefix}.conv3")
         self.bn3 = _batch_norm(f"{prefix}.bn3")
-        self.torchvision_layers = [self.conv1, self.bn1, self.conv2, self.bn2, self.conv3, self.bn3]
-        if self.downsample:
-            self.downsample_conv = _conv(out_channels, 1, self.stride, f"{prefix}.downsample.0")
-            self.downsample_bn = _batch_norm(f"{prefix}.downsample.1")
-            self.torchvision_layers += [self.downsample_conv, self.downsample_bn]
+        self._register(self.conv1, self.bn1, self.conv2, self.bn2, self.conv3, self.bn3)
 
     def call(self, x, training=None):
         out = tf.nn.relu(self.bn1(self.conv1(x), training=training))
         out = tf.nn.relu(self.bn2(self.conv2(_zero_pad(out, 1)), training=training))
         out = self.bn3(self.conv3(out), training=training)
-        shortcut = x
-        if self.downsample:
-            shortcut = self.downsample_bn(self.downsample_conv(x), training=training)
-        return tf.nn.relu(out + shortcut)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(planes=self.planes, stride=self.stride, downsample=self.downsample)
-        return config
+        return tf.nn.relu(out + self._shortcut(x, training))
 
 
 @keras.saving.register_keras_serializable(package="tripled_tf")
