@@ -63,9 +63,9 @@ class TrainConfig:
 
 def _run_dir(config: TrainConfig) -> pathlib.Path:
     if config.log_dir:
-        return pathlib.Path(config.log_dir)
+        return pathlib.Path(config.log_dir).resolve()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return pathlib.Path("runs") / stamp
+    return (pathlib.Path("runs") / stamp).resolve()
 
 
 def build_datasets(config: TrainConfig):
