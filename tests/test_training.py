@@ -129,3 +129,55 @@ def test_train_cli_rejects_bad_size(tmp_path):
     assert proc.returncode != 0
     assert "multiples of 32" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def _last_json(stdout):
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_train_cli_on_the_shared_kitti_snippet(tmp_path, shared_data):
+    drive = "2011_09_26/2011_09_26_drive_0000_sync"
+    split = tmp_path / "train.txt"
+    split.write_text("".join(f"{drive} {i} l\n" for i in range(12)))
+    val = tmp_path / "val.txt"
+    val.write_text(f"{drive} 5 l\n")
+    proc = _run_train(["--dataset=kitti", f"--data_path={shared_data / 'kitti_raw'}",
+                       f"--split={split}", f"--val_split={val}", "--height=64", "--width=192",
+                       "--batch_size=2", "--num_steps=2", "--pose_height=0", "--pose_width=0",
+                       "--num_preview=1", "--verbose=0", f"--log_dir={tmp_path / 'run'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # frames 0 and 11 have no neighbour on one side: skipped and reported, not crashed on
+    assert "kitti: 10 training triplets (skipped 2" in proc.stdout
+    result = _last_json(proc.stdout)
+    assert result["metrics_before"]["num_images"] == 1  # frame 5, ground truth from its Velodyne scan
+    assert 0 < result["abs_rel_after"] < 1
+    assert cv2.imread(result["preview"]).shape == (64, 3 * 192, 3)
+
+
+def test_train_cli_stops_on_a_truncated_frame_naming_it(tmp_path):
+    frames = synthetic.make_triplets(2, 64, 192, seed=1)["target"]
+    folder = tmp_path / "2011_09_26" / "2011_09_26_drive_0001_sync" / "image_02" / "data"
+    folder.mkdir(parents=True)
+    for i in range(4):
+        ok, png = cv2.imencode(".png", (frames[i % 2] * 255).astype(np.uint8))
+        data = png.tobytes()
+        (folder / f"{i:010d}.png").write_bytes(data[:len(data) // 2] if i == 2 else data)
+    split = tmp_path / "split.txt"
+    split.write_text("2011_09_26/2011_09_26_drive_0001_sync 1 l\n2011_09_26/2011_09_26_drive_0001_sync 2 l\n")
+    proc = _run_train(["--dataset=kitti", f"--data_path={tmp_path}", f"--split={split}",
+                       "--height=64", "--width=192", "--batch_size=2", "--num_steps=2",
+                       "--pose_height=0", "--pose_width=0", "--verbose=0",
+                       f"--log_dir={tmp_path / 'run'}"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "0000000002.png" in last and "truncated PNG" in last
+
+
+def test_train_cli_video_that_cannot_be_opened(tmp_path):
+    video = tmp_path / "drive.mp4"
+    video.write_bytes(b"not a video at all")
+    proc = _run_train(["--dataset=video", f"--data_path={video}", "--fx=100", "--fy=100", "--cx=50",
+                       "--cy=30", "--num_steps=1", f"--log_dir={tmp_path / 'run'}"], tmp_path)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and str(video) in last

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -16,7 +18,27 @@ from absl import app, flags, logging  # noqa: E402,F401  (logging defines --log_
 FLAGS = flags.FLAGS
 
 # Data and schedule
-flags.DEFINE_enum("dataset", "synthetic", ["synthetic"], "Training data: the built-in synthetic scene.")
+flags.DEFINE_enum("dataset", "synthetic", ["synthetic", "kitti", "video"],
+                  "Training data: the built-in synthetic scene, KITTI raw, or your own video / frames.")
+flags.DEFINE_string("data_path", "", "KITTI raw root (date folders), or a video file / folder of frames.")
+flags.DEFINE_string("split", "eigen_zhou", "KITTI: split name (eigen_zhou, eigen, ...) or split file.")
+flags.DEFINE_string("splits_dir", "", "KITTI: Monodepth2's splits/ folder holding the named splits.")
+flags.DEFINE_string("val_split", "", "KITTI: split whose Velodyne ground truth gives the before/after "
+                    "AbsRel (optional).")
+flags.DEFINE_bool("use_calibration", False, "KITTI: the drive's P_rect instead of the normalised K.")
+flags.DEFINE_string("calibration", "", "Video: YAML/JSON intrinsics (fx, fy, cx, cy [, width, height]).")
+flags.DEFINE_float("fx", None, "Video: focal length x, pixels of the original frames.")
+flags.DEFINE_float("fy", None, "Video: focal length y, pixels.")
+flags.DEFINE_float("cx", None, "Video: principal point x, pixels.")
+flags.DEFINE_float("cy", None, "Video: principal point y, pixels.")
+flags.DEFINE_integer("frame_stride", 1, "Video: use every k-th frame.")
+flags.DEFINE_float("min_motion", 0.0, "Video: drop frames whose change from the previous kept frame "
+                   "is below this (static camera).")
+flags.DEFINE_bool("skip_bad_frames", False, "Skip and count unreadable / missing frames instead of "
+                  "stopping with an error naming the file.")
+flags.DEFINE_bool("augment", True, "Colour jitter and horizontal flips (METHOD.md §5).")
+flags.DEFINE_bool("jitter_per_frame", True, "Independent colour jitter per frame (TripleD reference); "
+                  "False = one draw per sample (Monodepth2).")
 flags.DEFINE_integer("height", 192, "Training height in pixels (multiple of 32).")
 flags.DEFINE_integer("width", 640, "Training width in pixels (multiple of 32).")
 flags.DEFINE_integer("batch_size", 4, "Frame triplets per step.")
@@ -53,6 +75,15 @@ flags.DEFINE_enum("sampling", "exact", ["exact", "torch_default"],
 flags.DEFINE_float("dropout", 0.5, "Dropout on the depth decoder's level-4/5 inputs.")
 
 
+def _intrinsics_from_flags():
+    values = [FLAGS.fx, FLAGS.fy, FLAGS.cx, FLAGS.cy]
+    if all(v is None for v in values):
+        return ()
+    if any(v is None for v in values):
+        raise ValueError("give all four of --fx --fy --cx --cy (or --calibration=FILE)")
+    return tuple(values)
+
+
 def configs_from_flags():
     """(TrainConfig, DepthModelConfig) from the parsed flags."""
     from tripled_tf.models.depth_model import DepthModelConfig
@@ -65,7 +96,13 @@ def configs_from_flags():
         decay_factor=FLAGS.decay_factor, grad_clip_norm=FLAGS.grad_clip_norm, seed=FLAGS.seed,
         num_train_samples=FLAGS.num_train_samples, num_val_samples=FLAGS.num_val_samples,
         checkpoint_every=FLAGS.checkpoint_every, log_dir=FLAGS.log_dir,
-        jit_compile=FLAGS.jit_compile, num_preview=FLAGS.num_preview, verbose=FLAGS.verbose)
+        jit_compile=FLAGS.jit_compile, num_preview=FLAGS.num_preview, verbose=FLAGS.verbose,
+        data_path=FLAGS.data_path, split=FLAGS.split, splits_dir=FLAGS.splits_dir,
+        val_split=FLAGS.val_split, use_calibration=FLAGS.use_calibration,
+        calibration=FLAGS.calibration, intrinsics=_intrinsics_from_flags(),
+        frame_stride=FLAGS.frame_stride, min_motion=FLAGS.min_motion,
+        skip_bad_frames=FLAGS.skip_bad_frames, augment=FLAGS.augment,
+        jitter_per_frame=FLAGS.jitter_per_frame)
     pose_size = (FLAGS.pose_height, FLAGS.pose_width) if FLAGS.pose_height and FLAGS.pose_width else None
     model_config = DepthModelConfig(
         depth_layers=int(FLAGS.depth_layers), pose_layers=int(FLAGS.pose_layers),
@@ -83,9 +120,25 @@ def main(argv):
         train_config, model_config = configs_from_flags()
     except ValueError as error:
         raise app.UsageError(str(error))
+    import tensorflow as tf
+
+    from tripled_tf.data.records import BadInputError
     from tripled_tf.training import train
 
-    result = train(train_config, model_config)
+    try:
+        result = train(train_config, model_config)
+    except BadInputError as error:
+        # A bad data file: one clear line naming it, no stack trace.
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except tf.errors.OpError as error:
+        # A file that turned out unreadable while the pipeline decoded it mid-training.
+        found = re.search(r"BadInputError: ([^\n]*)", error.message or "")
+        if not found:
+            raise
+        print(f"error: {found.group(1)} (use --skip_bad_frames to skip and count such samples)",
+              file=sys.stderr)
+        sys.exit(2)
     print(json.dumps(result))
 
 

@@ -11,15 +11,16 @@ import pathlib
 import time
 from typing import Optional, Tuple
 
+import cv2
 import keras
 import numpy as np
-import tensorflow as tf
 
 from tripled_tf import checkpoint, evaluation, visualize
+from tripled_tf.data import kitti, pipeline, synthetic, video
 from tripled_tf.models.depth_model import DepthModelConfig, MonoDepthModel
 from tripled_tf.schedules import WarmupStepDecay
 
-DATASETS = ("synthetic",)
+DATASETS = ("synthetic", "kitti", "video")
 
 
 @dataclasses.dataclass
@@ -40,6 +41,20 @@ class TrainConfig:
     # Synthetic scene: frames rendered once up front; validation frames come from a held-out part.
     num_train_samples: int = 256
     num_val_samples: int = 16
+    # File-based sources (KITTI raw, own video).
+    data_path: str = ""
+    split: str = "eigen_zhou"  # KITTI: split name or file (Monodepth2 format)
+    splits_dir: str = ""  # KITTI: Monodepth2's splits/ folder
+    val_split: str = ""  # KITTI: frames whose Velodyne ground truth gives the before/after AbsRel
+    use_calibration: bool = False  # KITTI: the drive's P_rect instead of the normalised K
+    calibration: str = ""  # video: YAML / JSON intrinsics file
+    intrinsics: Tuple[float, ...] = ()  # video: (fx, fy, cx, cy) pixels of the original frames
+    frame_stride: int = 1  # video
+    min_motion: float = 0.0  # video: drop frames where the camera did not move
+    skip_bad_frames: bool = False
+    # Augmentation (METHOD.md §5).
+    augment: bool = True
+    jitter_per_frame: bool = True  # the TripleD reference; False = one draw per sample (Monodepth2)
     checkpoint_every: int = 0  # steps; 0 = only at the end
     log_dir: str = ""  # the run folder; "" = runs/<timestamp>
     jit_compile: bool = False  # XLA did not pay off on CPU (PLATFORM.md); worth trying on GPU
@@ -56,6 +71,11 @@ class TrainConfig:
         for name in ("batch_size", "num_steps", "num_train_samples", "num_val_samples"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.dataset != "synthetic" and not self.data_path:
+            raise ValueError(f"--data_path is required with --dataset={self.dataset}")
+        self.intrinsics = tuple(float(v) for v in self.intrinsics)
+        if self.intrinsics and len(self.intrinsics) != 4:
+            raise ValueError(f"intrinsics must be (fx, fy, cx, cy), got {self.intrinsics}")
         if self.num_train_samples < self.batch_size:
             raise ValueError(f"num_train_samples ({self.num_train_samples}) must be >= batch_size "
                              f"({self.batch_size})")
@@ -68,16 +88,71 @@ def _run_dir(config: TrainConfig) -> pathlib.Path:
     return (pathlib.Path("runs") / stamp).resolve()
 
 
-def build_datasets(config: TrainConfig):
-    """(training tf.data.Dataset of batch dicts, validation dict of numpy arrays)."""
-    from tripled_tf.data import synthetic
+def pipeline_config(config: TrainConfig) -> pipeline.PipelineConfig:
+    return pipeline.PipelineConfig(height=config.height, width=config.width, batch_size=config.batch_size,
+                          seed=config.seed, augment=config.augment,
+                          jitter_per_frame=config.jitter_per_frame,
+                          skip_bad_frames=config.skip_bad_frames)
 
-    train = synthetic.synthetic_dataset(config.num_train_samples, config.height, config.width,
-                                        config.batch_size, seed=config.seed, split="train",
-                                        shuffle=True, repeat=True)
-    val = synthetic.make_triplets(config.num_val_samples, config.height, config.width,
-                                  seed=config.seed, split="val")
-    return train, val
+
+def _load_resized(path: str, height: int, width: int) -> np.ndarray:
+    frame = pipeline.load_frame(path)
+    return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+
+
+def _kitti_held_out(config: TrainConfig) -> Optional[dict]:
+    """Target frames of --val_split with ground truth from their Velodyne scans (Garg crop)."""
+    if not config.val_split:
+        return None
+    records, _ = kitti.kitti_records(config.data_path, config.val_split,
+                                     splits_dir=config.splits_dir or None,
+                                     skip_bad_frames=config.skip_bad_frames)
+    records = [r for r in records if r.depth_path][:config.num_val_samples]
+    if not records:
+        raise ValueError(f"--val_split={config.val_split}: no frame with a Velodyne scan")
+    images = np.stack([_load_resized(r.target, config.height, config.width) for r in records])
+    depths = []
+    for record in records:
+        folder, _, side = record.name.split()  # kitti_records names a record by its split line
+        calib_dir = pathlib.Path(config.data_path) / folder.split("/")[0]
+        depths.append(kitti.generate_depth_map(calib_dir, record.depth_path,
+                                               cam=2 if side == "l" else 3))
+    return {"target": images, "depth": depths, "crop": "garg"}
+
+
+def build_datasets(config: TrainConfig):
+    """(training tf.data.Dataset of batch dicts, held-out dict or None).
+
+    The held-out dict has "target" [N, H, W, 3] at the training size, "depth" (N ground-truth maps at
+    any size) and "crop"; it is None where no ground truth exists (own video).
+    """
+    pipe = pipeline_config(config)
+    if config.dataset == "synthetic":
+        arrays = synthetic.make_triplets(config.num_train_samples, config.height, config.width,
+                                         seed=config.seed, split="train")
+        val = synthetic.make_triplets(config.num_val_samples, config.height, config.width,
+                                      seed=config.seed, split="val")
+        held_out = {"target": val["target"], "depth": val["depth"], "crop": None}
+        return pipeline.arrays_dataset(arrays, pipe), held_out
+    if config.dataset == "kitti":
+        records, report = kitti.kitti_records(config.data_path, config.split,
+                                              use_calibration=config.use_calibration,
+                                              skip_bad_frames=config.skip_bad_frames,
+                                              splits_dir=config.splits_dir or None)
+        held_out = _kitti_held_out(config)
+    else:
+        fx, fy, cx, cy = config.intrinsics or (None,) * 4
+        records, report = video.video_records(config.data_path, fx, fy, cx, cy,
+                                              calibration=config.calibration or None,
+                                              frame_stride=config.frame_stride,
+                                              min_motion=config.min_motion,
+                                              skip_bad_frames=config.skip_bad_frames)
+        held_out = None
+    print(f"{config.dataset}: {len(records)} training triplets ({report.summary()})", flush=True)
+    if len(records) < config.batch_size:
+        raise ValueError(f"{len(records)} training triplets is fewer than batch_size "
+                         f"{config.batch_size}")
+    return pipeline.records_dataset(records, pipe, skip_report=report), held_out
 
 
 class PeriodicCheckpoint(keras.callbacks.Callback):
@@ -100,6 +175,11 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
                                config.decay_steps, config.decay_factor)
     return keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                                  global_clipnorm=config.grad_clip_norm or None)
+
+
+def _resize_nearest(depth, size) -> np.ndarray:
+    depth = np.squeeze(np.asarray(depth, np.float32))
+    return cv2.resize(depth, (int(size[1]), int(size[0])), interpolation=cv2.INTER_NEAREST)
 
 
 def _report(when: str, values: dict) -> None:
@@ -125,11 +205,13 @@ def train(config: TrainConfig, model_config: Optional[DepthModelConfig] = None) 
                           {"train": dataclasses.asdict(config), "model": model_config.to_dict()})
     keras.utils.set_random_seed(config.seed)
 
-    train_data, val = build_datasets(config)
+    train_data, held_out = build_datasets(config)
     model = MonoDepthModel(model_config)
     model.build_for_size(config.height, config.width)
-    before = evaluation.evaluate_depth(model, val["target"], val["depth"])
-    _report("before training", before)
+    before = after = None
+    if held_out is not None:
+        before = evaluation.evaluate_depth(model, held_out["target"], held_out["depth"], held_out["crop"])
+        _report("before training", before)
 
     model.compile(optimizer=make_optimizer(config), jit_compile=config.jit_compile)
     callbacks = [keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), update_freq=50)]
@@ -141,18 +223,26 @@ def train(config: TrainConfig, model_config: Optional[DepthModelConfig] = None) 
     train_seconds = time.time() - start
     weights = checkpoint.save_checkpoint(model, run_dir, int(model.optimizer.iterations.numpy()))
 
-    after = evaluation.evaluate_depth(model, val["target"], val["depth"])
-    _report("after training", after)
-    shown = slice(0, config.num_preview)
-    depths = evaluation.predict_depths(model, val["target"][shown])
+    if held_out is not None:
+        after = evaluation.evaluate_depth(model, held_out["target"], held_out["depth"], held_out["crop"])
+        _report("after training", after)
+        preview_images = held_out["target"][:config.num_preview]
+        preview_gt = [d for d in held_out["depth"][:config.num_preview]]
+    else:
+        preview_images = np.concatenate([b["target"].numpy() for b in train_data.take(
+            -(-config.num_preview // config.batch_size))])[:config.num_preview]
+        preview_gt = None
+    depths = evaluation.predict_depths(model, preview_images)
+    if preview_gt is not None:  # show the ground truth at the image's size (KITTI's is native size)
+        preview_gt = [_resize_nearest(d, preview_images.shape[1:3]) for d in preview_gt]
     preview = visualize.write_png(run_dir / "preview.png", visualize.preview_grid(
-        val["target"][shown], depths, val["depth"][shown]))
+        preview_images, depths, preview_gt))
 
     result = {
-        "abs_rel_before": before["abs_rel"],
-        "abs_rel_after": after["abs_rel"],
-        "metrics_before": _round(before),
-        "metrics_after": _round(after),
+        "abs_rel_before": before["abs_rel"] if before else None,
+        "abs_rel_after": after["abs_rel"] if after else None,
+        "metrics_before": _round(before) if before else None,
+        "metrics_after": _round(after) if after else None,
         "final_losses": _round({k: v[-1] for k, v in history.history.items()}),
         "steps": int(model.optimizer.iterations.numpy()),
         "train_seconds": round(train_seconds, 1),

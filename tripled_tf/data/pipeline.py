@@ -55,7 +55,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from tripled_tf import checks
+from tripled_tf import checks, color
 from tripled_tf.data.records import BadInputError, SkipReport, TripletRecord, intrinsics_at_size
 
 __all__ = ["RESIZE_METHODS", "PipelineConfig", "color_jitter", "erase_mask", "flip_pose",
@@ -64,7 +64,6 @@ __all__ = ["RESIZE_METHODS", "PipelineConfig", "color_jitter", "erase_mask", "fl
 RESIZE_METHODS = ("tf_lanczos3", "tf_area", "tf_bilinear", "cv2_area")
 FRAME_KEYS = ("target", "source_prev", "source_next")
 POSE_KEYS = ("pose_prev", "pose_next")
-_LUMA_601 = (0.299, 0.587, 0.114)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_TRAILER = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # empty IEND chunk with its fixed CRC
 _JPEG_SOI = b"\xff\xd8"
@@ -167,10 +166,6 @@ def _per_image(value, batch) -> tf.Tensor:
     return tf.reshape(tf.broadcast_to(value, [batch]), [-1, 1, 1, 1])
 
 
-def _luma(images: tf.Tensor) -> tf.Tensor:
-    return tf.reduce_sum(images * tf.constant(_LUMA_601, tf.float32), axis=-1, keepdims=True)
-
-
 def color_jitter(images, brightness=1.0, contrast=1.0, saturation=1.0, hue=0.0,
                  order: Sequence[int] = (0, 1, 2, 3)) -> tf.Tensor:
     """Applies torchvision-style colour jitter with given factors (no randomness here).
@@ -201,13 +196,13 @@ def color_jitter(images, brightness=1.0, contrast=1.0, saturation=1.0, hue=0.0,
         return tf.clip_by_value(x * factors[_BRIGHTNESS], 0.0, 1.0)
 
     def contrast_op(x):
-        mean = tf.reduce_mean(_luma(x), axis=[1, 2, 3], keepdims=True)
+        mean = tf.reduce_mean(color.rgb_to_gray(x), axis=[1, 2, 3], keepdims=True)
         c = factors[_CONTRAST]
         return tf.clip_by_value(c * x + (1.0 - c) * mean, 0.0, 1.0)
 
     def saturation_op(x):
         s = factors[_SATURATION]
-        return tf.clip_by_value(s * x + (1.0 - s) * _luma(x), 0.0, 1.0)
+        return tf.clip_by_value(s * x + (1.0 - s) * color.rgb_to_gray(x), 0.0, 1.0)
 
     def hue_op(x):
         h = factors[_HUE]
