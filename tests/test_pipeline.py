@@ -325,6 +325,16 @@ def test_records_tf_resize_methods_agree(tmp_path):
     assert np.abs(results["tf_lanczos3"] - results["tf_area"]).mean() < 0.1
 
 
+def test_load_resized_frame_matches_the_pipeline(tmp_path):
+    # Evaluation loads held-out frames one by one: they must be resized exactly as in training.
+    paths = _write_frames(tmp_path, 3, 2 * H + 6, 2 * W + 10)
+    for method in ("tf_lanczos3", "cv2_area"):
+        config = _config(batch_size=1, augment=False, shuffle=False, repeat=False, resize_method=method)
+        (batch,) = _batches(pipeline.records_dataset(_records(paths), config), 1)
+        np.testing.assert_allclose(pipeline.load_resized_frame(paths[1], config), batch["target"][0],
+                                   atol=1e-6)
+
+
 @pytest.mark.parametrize("problem", ["corrupt_png", "truncated_png", "truncated_jpeg", "not_an_image"])
 def test_bad_file_raises_naming_it_or_is_skipped(tmp_path, problem):
     ext = ".jpg" if problem == "truncated_jpeg" else ".png"

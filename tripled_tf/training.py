@@ -89,15 +89,10 @@ def _run_dir(config: TrainConfig) -> pathlib.Path:
 
 
 def pipeline_config(config: TrainConfig) -> pipeline.PipelineConfig:
-    return pipeline.PipelineConfig(height=config.height, width=config.width, batch_size=config.batch_size,
-                          seed=config.seed, augment=config.augment,
-                          jitter_per_frame=config.jitter_per_frame,
-                          skip_bad_frames=config.skip_bad_frames)
-
-
-def _load_resized(path: str, height: int, width: int) -> np.ndarray:
-    frame = pipeline.load_frame(path)
-    return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    return pipeline.PipelineConfig(height=config.height, width=config.width,
+                                   batch_size=config.batch_size, seed=config.seed,
+                                   augment=config.augment, jitter_per_frame=config.jitter_per_frame,
+                                   skip_bad_frames=config.skip_bad_frames)
 
 
 def _kitti_held_out(config: TrainConfig) -> Optional[dict]:
@@ -110,7 +105,8 @@ def _kitti_held_out(config: TrainConfig) -> Optional[dict]:
     records = [r for r in records if r.depth_path][:config.num_val_samples]
     if not records:
         raise ValueError(f"--val_split={config.val_split}: no frame with a Velodyne scan")
-    images = np.stack([_load_resized(r.target, config.height, config.width) for r in records])
+    pipe = pipeline_config(config)
+    images = np.stack([pipeline.load_resized_frame(r.target, pipe) for r in records])
     depths = []
     for record in records:
         folder, _, side = record.name.split()  # kitti_records names a record by its split line

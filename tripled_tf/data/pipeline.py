@@ -59,7 +59,8 @@ from tripled_tf import checks, color
 from tripled_tf.data.records import BadInputError, SkipReport, TripletRecord, intrinsics_at_size
 
 __all__ = ["RESIZE_METHODS", "PipelineConfig", "color_jitter", "erase_mask", "flip_pose",
-           "flip_intrinsics", "records_dataset", "arrays_dataset", "load_frame"]
+           "flip_intrinsics", "records_dataset", "arrays_dataset", "load_frame",
+           "load_resized_frame"]
 
 RESIZE_METHODS = ("tf_lanczos3", "tf_area", "tf_bilinear", "cv2_area")
 FRAME_KEYS = ("target", "source_prev", "source_next")
@@ -510,6 +511,18 @@ class _TripletLoader:
             frames = [f if f.shape[:2] == size else
                       cv2.resize(f, (size[1], size[0]), interpolation=cv2.INTER_AREA) for f in frames]
         return (*frames, np.bool_(True))
+
+
+def load_resized_frame(path: str, config: PipelineConfig) -> np.ndarray:
+    """One frame file as the pipeline delivers it (decode, resize, [0, 1]): [H, W, 3] float32.
+
+    For evaluation-time loading, so held-out frames are resized exactly as training frames are.
+    """
+    frame = load_frame(path)
+    if config.resize_method == "cv2_area":
+        frame = cv2.resize(frame, (config.width, config.height), interpolation=cv2.INTER_AREA)
+        return frame.astype(np.float32) / 255.0
+    return _resize_in_tf(tf.constant(frame), config).numpy()
 
 
 def _resize_in_tf(frame: tf.Tensor, config: PipelineConfig) -> tf.Tensor:
