@@ -181,3 +181,27 @@ def test_train_cli_video_that_cannot_be_opened(tmp_path):
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(video) in last
+
+
+def test_build_model_loads_converted_encoder_weights(tmp_path):
+    from tripled_tf.models import pretrained
+    from tripled_tf.models.resnet import ResNetEncoder, torchvision_key_map
+    from tripled_tf.training import TrainConfig, build_model
+
+    # A torchvision-layout state (OIHW kernels) from a differently initialised encoder.
+    source = ResNetEncoder(18)
+    state = {}
+    for key, variable in torchvision_key_map(source).items():
+        value = variable.numpy() + 0.5
+        state[key] = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value
+    path = tmp_path / "rn18.npz"
+    pretrained.save_state_npz(state, path)
+    config = TrainConfig(height=64, width=64, encoder_weights=str(path), pose_encoder_weights=str(path))
+    model = build_model(config, DepthModelConfig(pose_input_size=None))
+    loaded = torchvision_key_map(model.encoder)
+    np.testing.assert_array_equal(loaded["layer3.1.bn2.weight"].numpy(), state["layer3.1.bn2.weight"])
+    np.testing.assert_array_equal(loaded["conv1.weight"].numpy(), state["conv1.weight"].transpose(2, 3, 1, 0))
+    # The pose encoder's 6-channel conv1 = the 3-channel kernel repeated for both frames, halved.
+    pose_conv1 = torchvision_key_map(model.pose_net.encoder)["conv1.weight"].numpy()
+    expected = np.concatenate([state["conv1.weight"]] * 2, axis=1).transpose(2, 3, 1, 0) / 2
+    np.testing.assert_allclose(pose_conv1, expected, rtol=1e-6)

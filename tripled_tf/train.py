@@ -36,6 +36,9 @@ flags.DEFINE_float("min_motion", 0.0, "Video: drop frames whose change from the 
                    "is below this (static camera).")
 flags.DEFINE_bool("skip_bad_frames", False, "Skip and count unreadable / missing frames instead of "
                   "stopping with an error naming the file.")
+flags.DEFINE_string("encoder_weights", "", "Pretrained depth-encoder weights: the .npz of "
+                    "tools/convert_resnet_weights.py (or a torchvision-format checkpoint); none = random.")
+flags.DEFINE_string("pose_encoder_weights", "", "Pretrained pose-encoder (ResNet) weights, as above.")
 flags.DEFINE_bool("augment", True, "Colour jitter and horizontal flips (METHOD.md §5).")
 flags.DEFINE_bool("jitter_per_frame", True, "Independent colour jitter per frame (TripleD reference); "
                   "False = one draw per sample (Monodepth2).")
@@ -102,7 +105,8 @@ def configs_from_flags():
         calibration=FLAGS.calibration, intrinsics=_intrinsics_from_flags(),
         frame_stride=FLAGS.frame_stride, min_motion=FLAGS.min_motion,
         skip_bad_frames=FLAGS.skip_bad_frames, augment=FLAGS.augment,
-        jitter_per_frame=FLAGS.jitter_per_frame)
+        jitter_per_frame=FLAGS.jitter_per_frame, encoder_weights=FLAGS.encoder_weights,
+        pose_encoder_weights=FLAGS.pose_encoder_weights)
     pose_size = (FLAGS.pose_height, FLAGS.pose_width) if FLAGS.pose_height and FLAGS.pose_width else None
     model_config = DepthModelConfig(
         depth_layers=int(FLAGS.depth_layers), pose_layers=int(FLAGS.pose_layers),
@@ -123,12 +127,13 @@ def main(argv):
     import tensorflow as tf
 
     from tripled_tf.data.records import BadInputError
+    from tripled_tf.models.pretrained import CheckpointError
     from tripled_tf.training import train
 
     try:
         result = train(train_config, model_config)
-    except BadInputError as error:
-        # A bad data file: one clear line naming it, no stack trace.
+    except (BadInputError, CheckpointError) as error:
+        # A bad data or weights file: one clear line naming it, no stack trace.
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except tf.errors.OpError as error:

@@ -17,6 +17,7 @@ import numpy as np
 
 from tripled_tf import checkpoint, evaluation, visualize
 from tripled_tf.data import kitti, pipeline, synthetic, video
+from tripled_tf.models import pretrained
 from tripled_tf.models.depth_model import DepthModelConfig, MonoDepthModel
 from tripled_tf.schedules import WarmupStepDecay
 
@@ -52,6 +53,9 @@ class TrainConfig:
     frame_stride: int = 1  # video
     min_motion: float = 0.0  # video: drop frames where the camera did not move
     skip_bad_frames: bool = False
+    # Pretrained encoders: .npz from tools/convert_resnet_weights.py (or a torchvision-format checkpoint).
+    encoder_weights: str = ""  # depth encoder; "" / "none" = random init
+    pose_encoder_weights: str = ""  # pose encoder (3-channel conv1 repeated for the 2-frame input)
     # Augmentation (METHOD.md §5).
     augment: bool = True
     jitter_per_frame: bool = True  # the TripleD reference; False = one draw per sample (Monodepth2)
@@ -86,6 +90,18 @@ def _run_dir(config: TrainConfig) -> pathlib.Path:
         return pathlib.Path(config.log_dir).resolve()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return (pathlib.Path("runs") / stamp).resolve()
+
+
+def build_model(config: TrainConfig, model_config: DepthModelConfig) -> MonoDepthModel:
+    """The model with every variable created and the pretrained encoder weights loaded, if any."""
+    model = MonoDepthModel(model_config)
+    model.build_for_size(config.height, config.width)
+    for path, encoder in ((config.encoder_weights, model.encoder),
+                          (config.pose_encoder_weights, model.pose_net.encoder)):
+        if path and path.lower() != "none":
+            count = pretrained.load_encoder_weights(encoder, path)
+            print(f"{encoder.name}: loaded {count} tensors from {path}", flush=True)
+    return model
 
 
 def pipeline_config(config: TrainConfig) -> pipeline.PipelineConfig:
@@ -202,8 +218,7 @@ def train(config: TrainConfig, model_config: Optional[DepthModelConfig] = None) 
     keras.utils.set_random_seed(config.seed)
 
     train_data, held_out = build_datasets(config)
-    model = MonoDepthModel(model_config)
-    model.build_for_size(config.height, config.width)
+    model = build_model(config, model_config)
     before = after = None
     if held_out is not None:
         before = evaluation.evaluate_depth(model, held_out["target"], held_out["depth"], held_out["crop"])
