@@ -83,13 +83,17 @@ class MonoDepthModel(keras.Model):
             config or {})
         cfg = self.config
         self.encoder = ResNetEncoder(num_layers=cfg.depth_layers, name="depth_encoder")
-        self.depth_decoder = DepthDecoder(self.encoder.num_ch_enc, dropout=cfg.dropout,
+        self.depth_decoder = DepthDecoder(self._depth_decoder_channels(), dropout=cfg.dropout,
                                           name="depth_decoder")
         self.pose_net = PoseNet(num_layers=cfg.pose_layers, input_size=cfg.pose_input_size,
                                 name="pose_net")
         # Trackers are created here, not lazily in train_step: variables must not be created while
         # tf.function traces the step.
         self._trackers = {name: keras.metrics.Mean(name=name) for name in self.logged_terms}
+
+    def _depth_decoder_channels(self) -> List[int]:
+        """Channels of the 5 levels the depth decoder receives (subclasses that split features differ)."""
+        return list(self.encoder.num_ch_enc)
 
     # ----------------------------------------------------------------------------------- inference
     def call(self, images, training=None) -> List[tf.Tensor]:
@@ -136,15 +140,28 @@ class MonoDepthModel(keras.Model):
         Returns a dict of scalars: loss, photometric, smoothness, automask_fraction (share of target
         pixels where a warped source beat the identity, a useful health signal).
         """
+        target = _batch_tensor(batch, "target")
+        disparities = self(batch.get("target_aug", target), training=training)
+        poses = self.predict_poses(batch, training=training)
+        return self._reprojection_losses(batch, disparities, poses)
+
+    def _reprojection_losses(self, batch: dict, disparities: List[tf.Tensor],
+                             poses: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        """Min-reprojection photometric + smoothness terms of the given disparities and poses.
+
+        Args:
+          batch: the training batch (un-augmented frames and "K" are read from it).
+          disparities: [σ_0 .. σ_3], σ_s [B, H/2^(s+1), W/2^(s+1), 1] sigmoid disparities.
+          poses: {"source_prev": T_{0->-1}, "source_next": T_{0->+1}}, each [B, 4, 4].
+        Returns:
+          the dict of :meth:`compute_losses`.
+        """
         cfg = self.config
         target = checks.as_images(_batch_tensor(batch, "target"), "target", channels=3)
         sources = [checks.as_images(_batch_tensor(batch, k), k, channels=3) for k in SOURCE_KEYS]
         K = checks.as_matrices(_batch_tensor(batch, "K"), "K")
         inv_K = tf.linalg.inv(K)
         size = tf.shape(target)[1:3]
-
-        disparities = self(batch.get("target_aug", target), training=training)
-        poses = self.predict_poses(batch, training=training)
 
         identity_errors = None
         if cfg.automask:
