@@ -24,12 +24,16 @@ from tripled_tf.models.resnet import RESNET_SPECS, ResNetEncoder
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("input", None, "Checkpoint to convert (.pth / .pth.tar / .pt zip format, or .npz).")
-flags.DEFINE_string("output", None, "Output .npz of torchvision backbone keys.")
-flags.DEFINE_integer("num_layers", 50, "ResNet depth the checkpoint must fill: 18, 34, 50 or 101.")
-flags.DEFINE_enum("source", "auto", list(pretrained.SOURCES),
-                  "Publisher layout; auto finds the backbone prefix (MoCo's query encoder preferred).")
-flags.DEFINE_bool("allow_torch", False, "Read legacy non-zip torch pickles with PyTorch if installed.")
+
+def define_flags() -> None:
+    """Defines the command-line flags; only when run as a script, so that importing this module
+    (tests, other tools) does not clash with other absl flags of the same name."""
+    flags.DEFINE_string("input", None, "Checkpoint to convert (.pth / .pth.tar / .pt zip format, or .npz).")
+    flags.DEFINE_string("output", None, "Output .npz of torchvision backbone keys.")
+    flags.DEFINE_integer("num_layers", 50, "ResNet depth the checkpoint must fill: 18, 34, 50 or 101.")
+    flags.DEFINE_enum("source", "auto", list(pretrained.SOURCES),
+                      "Publisher layout; auto finds the backbone prefix (MoCo's query encoder preferred).")
+    flags.DEFINE_bool("allow_torch", False, "Read legacy non-zip torch pickles with PyTorch if installed.")
 
 
 def convert(input_path: str, output_path: str, num_layers: int, source: str = "auto",
@@ -68,4 +72,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

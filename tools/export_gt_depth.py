@@ -33,12 +33,16 @@ from tripled_tf.data.records import BadInputError, SkipReport
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("data_path", None, "KITTI raw root (the folder holding the date folders).")
-flags.DEFINE_string("split", "eigen", "Split name (eigen, eigen_zhou, eigen_zhou_val, ...) or split file.")
-flags.DEFINE_string("splits_dir", None, "Monodepth2's splits/ folder (also searched: <data_path>/splits).")
-flags.DEFINE_string("output", None, "Output .npz (default: gt_depths_<split>.npz in the current folder).")
-flags.DEFINE_bool("skip_bad_frames", False, "Skip and count lines with a missing/corrupt scan instead of "
-                  "failing.")
+
+def define_flags() -> None:
+    """Defines the command-line flags; only when run as a script, so that importing this module
+    (tests, other tools) does not clash with other absl flags of the same name."""
+    flags.DEFINE_string("data_path", None, "KITTI raw root (the folder holding the date folders).")
+    flags.DEFINE_string("split", "eigen", "Split name (eigen, eigen_zhou, eigen_zhou_val, ...) or split file.")
+    flags.DEFINE_string("splits_dir", None, "Monodepth2's splits/ folder (also searched: <data_path>/splits).")
+    flags.DEFINE_string("output", None, "Output .npz (default: gt_depths_<split>.npz in the current folder).")
+    flags.DEFINE_bool("skip_bad_frames", False, "Skip and count lines with a missing/corrupt scan instead of "
+                      "failing.")
 
 
 def default_output(split: str) -> str:
@@ -109,4 +113,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
