@@ -105,10 +105,12 @@ def build_model(config: TrainConfig, model_config: DepthModelConfig) -> MonoDept
 
 
 def pipeline_config(config: TrainConfig) -> pipeline.PipelineConfig:
+    # The baseline has no inpainting pretext: erase_count=0 keeps the per-sample hole drawing out of
+    # the input pipeline (the mask is then all ones). TripleDNet's extractor needs the default 16.
     return pipeline.PipelineConfig(height=config.height, width=config.width,
                                    batch_size=config.batch_size, seed=config.seed,
                                    augment=config.augment, jitter_per_frame=config.jitter_per_frame,
-                                   skip_bad_frames=config.skip_bad_frames)
+                                   skip_bad_frames=config.skip_bad_frames, erase_count=0)
 
 
 def _kitti_held_out(config: TrainConfig) -> Optional[dict]:
