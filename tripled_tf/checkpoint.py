@@ -2,22 +2,32 @@
 
 Layout of a run folder::
 
-    config.json                  training + model configuration (enough to rebuild the model)
-    checkpoints/latest.weights.h5  weights of the last checkpoint (Keras format)
-    checkpoints/latest.json      {"step": N, "weights": "latest.weights.h5"}
+    config.json                          training + model configuration (enough to rebuild the model)
+    checkpoints/ckpt-<step>.weights.h5   model weights (Keras format)
+    checkpoints/ckpt-<step>.state.npz    training state: optimiser variables, dropout RNG states
+    checkpoints/latest.json              {"step", "weights", "state", "batches"}: the last complete one
     preview.png, result.json, logs/ (TensorBoard)
+
+A checkpoint is complete once latest.json names it: both files are written under temporary names and
+renamed, then the index is replaced atomically, and only then are older files removed. A kill at any
+moment therefore leaves latest.json pointing at a complete checkpoint.
 """
 from __future__ import annotations
 
 import json
 import os
 import pathlib
-from typing import Optional
+from typing import List, Optional
+
+import numpy as np
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
-WEIGHTS_FILE = "latest.weights.h5"
 INDEX_FILE = "latest.json"
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked (would overwrite a run, or cannot be resumed)."""
 
 
 def write_json(path, payload: dict) -> str:
@@ -30,20 +40,66 @@ def write_json(path, payload: dict) -> str:
     return str(path)
 
 
-def save_checkpoint(model, run_dir, step: int) -> str:
-    """Saves the model weights so that a kill at any moment leaves the previous checkpoint intact.
+def training_state_variables(model) -> List:
+    """Variables a resumed run needs besides the weights: the optimiser's (moments, iteration count,
+    loss scale) and the models' random-generator states (dropout), in a fixed order."""
+    weight_ids = {id(w) for w in model.weights}
+    rng_states = [v for v in model.variables if id(v) not in weight_ids]
+    optimizer_variables = list(model.optimizer.variables) if model.optimizer is not None else []
+    return optimizer_variables + rng_states
 
-    The weights go to a temporary file that is renamed over the old one (atomic on POSIX), and only
-    then is the index updated. Returns the weights path.
+
+def save_checkpoint(model, run_dir, step: int, batches: Optional[int] = None,
+                    with_state: bool = True) -> str:
+    """Saves weights (and the training state) so that a kill at any moment leaves the last complete
+    checkpoint intact (see the module docstring). Returns the weights path.
+
+    Args:
+      step: optimiser steps done; batches: training batches consumed (>= step when steps were
+        skipped), default step.
     """
     directory = pathlib.Path(run_dir) / CHECKPOINT_DIR
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / ("tmp-" + WEIGHTS_FILE)  # Keras insists on the .weights.h5 suffix
+    stem = f"ckpt-{int(step):08d}"
+    weights_name = stem + ".weights.h5"
+    tmp = directory / ("tmp-" + weights_name)  # Keras insists on the .weights.h5 suffix
     model.save_weights(str(tmp))
-    final = directory / WEIGHTS_FILE
-    os.replace(tmp, final)
-    write_json(directory / INDEX_FILE, {"step": int(step), "weights": WEIGHTS_FILE})
-    return str(final)
+    os.replace(tmp, directory / weights_name)
+    index = {"step": int(step), "batches": int(step if batches is None else batches),
+             "weights": weights_name}
+    if with_state:
+        state_name = stem + ".state.npz"
+        variables = training_state_variables(model)
+        tmp = directory / ("tmp-" + state_name)
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **{f"{i:04d}": np.asarray(v.numpy()) for i, v in enumerate(variables)},
+                     paths=np.array([v.path for v in variables]))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, directory / state_name)
+        index["state"] = state_name
+    write_json(directory / INDEX_FILE, index)
+    keep = {weights_name, index.get("state"), INDEX_FILE}
+    for old in directory.glob("ckpt-*"):
+        if old.name not in keep:
+            old.unlink(missing_ok=True)
+    return str(directory / weights_name)
+
+
+def restore_training_state(model, state_path) -> None:
+    """Loads what :func:`save_checkpoint` wrote into an already built model *and optimiser*.
+
+    Raises:
+      ValueError: the state does not belong to this model / optimiser (different variables).
+    """
+    variables = training_state_variables(model)
+    with np.load(state_path) as data:
+        paths = [str(p) for p in data["paths"]]
+        if paths != [v.path for v in variables]:
+            raise ValueError(f"{state_path}: training state of another model or optimiser "
+                             f"({len(paths)} saved variables, {len(variables)} here)")
+        for i, variable in enumerate(variables):
+            variable.assign(data[f"{i:04d}"])
 
 
 def latest_checkpoint(run_dir) -> Optional[dict]:
@@ -53,6 +109,9 @@ def latest_checkpoint(run_dir) -> Optional[dict]:
         return None
     info = json.loads(index.read_text())
     info["weights"] = str(index.parent / info["weights"])
+    if info.get("state"):
+        info["state"] = str(index.parent / info["state"])
+    info.setdefault("batches", info["step"])
     return info
 
 
@@ -63,6 +122,25 @@ def read_config(run_dir) -> dict:
     return json.loads(path.read_text())
 
 
+def model_config_from_dict(config: dict):
+    """The model config of a run's config.json: TripleDConfig for TripleDNet runs, else baseline."""
+    from tripled_tf.models.depth_model import DepthModelConfig
+    from tripled_tf.models.tripled_net import TripleDConfig
+
+    kind = config.get("train", {}).get("model", "baseline")
+    cls = TripleDConfig if kind == "tripled" else DepthModelConfig
+    return cls.from_dict(config["model"])
+
+
+def model_from_config(config: dict):
+    """An unbuilt model of the class and configuration a run's config.json describes."""
+    from tripled_tf.models.depth_model import MonoDepthModel
+    from tripled_tf.models.tripled_net import TripleDConfig, TripleDNet
+
+    model_config = model_config_from_dict(config)
+    return (TripleDNet if isinstance(model_config, TripleDConfig) else MonoDepthModel)(model_config)
+
+
 def load_model(run_dir):
     """Rebuilds the model of a run folder and loads its last checkpoint.
 
@@ -70,13 +148,11 @@ def load_model(run_dir):
       (model, config dict). The model is built at the run's training resolution and accepts any
       size whose sides are multiples of 32.
     """
-    from tripled_tf.models.depth_model import DepthModelConfig, MonoDepthModel
-
     config = read_config(run_dir)
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint in {CHECKPOINT_DIR}/")
-    model = MonoDepthModel(DepthModelConfig.from_dict(config["model"]))
+    model = model_from_config(config)
     model.build_for_size(config["train"]["height"], config["train"]["width"])
     model.load_weights(checkpoint["weights"])
     return model, config

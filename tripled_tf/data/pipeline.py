@@ -24,10 +24,13 @@ mirrors the 3-D world through the plane x = 0 of every camera, F = diag(-1, 1, 1
 becomes F X and its source-frame image F T X = (F T F)(F X), so the mirrored target->source transform is
 T' = F T F (rotation about y and z reversed, x translation negated).
 
-Randomness is stateless (``tf.random.stateless_*``) and keyed by (seed, input pipeline, position of the
-sample in the shuffled, repeated stream), so with ``deterministic=True`` and a seed two iterations give
-identical batches, every epoch still draws new augmentation, and the augmentation of a sample does not
-depend on how parallel map calls interleave.
+Randomness is stateless (``tf.random.stateless_*``) and keyed by (seed, position of the sample in the
+one shuffled, repeated stream of global batches), so with ``deterministic=True`` and a seed two
+iterations give identical batches, every epoch still draws new augmentation, and the augmentation of a
+sample does not depend on how parallel map calls interleave. The same key makes distributed input exact:
+every input pipeline walks the same stream and keeps its own contiguous share of each global batch, so
+N replicas see together exactly the global batches one replica would (tested in test_training.py), and
+``start_batch`` resumes the stream after the batches a run already consumed without decoding them.
 
 Decoding (files). Frames are decoded with OpenCV inside ``tf.numpy_function`` (cv2 releases the GIL, so
 parallel map calls scale). Before decoding, the PNG IEND / JPEG EOI trailer is checked, because a
@@ -98,6 +101,7 @@ class PipelineConfig:
       prefetch: batches to prefetch (AUTOTUNE = -1), 0 for none.
       skip_bad_frames: drop (and count) samples whose files are missing or unreadable instead of
         raising ``BadInputError``.
+      start_batch: global batches already consumed (resuming a run): the stream starts after them.
       resize_method: one of ``RESIZE_METHODS`` (records only; see the module docstring).
     """
     height: int
@@ -122,13 +126,14 @@ class PipelineConfig:
     prefetch: int = tf.data.AUTOTUNE
     skip_bad_frames: bool = False
     resize_method: str = "tf_lanczos3"
+    start_batch: int = 0
 
     def __post_init__(self):
         for name in ("height", "width", "batch_size", "shuffle_buffer"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"PipelineConfig.{name} must be a positive integer, got {value!r}")
-        for name in ("erase_count", "erase_size"):
+        for name in ("erase_count", "erase_size", "start_batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"PipelineConfig.{name} must be an integer >= 0, got {value!r}")
@@ -345,10 +350,11 @@ def _augment_sample(sample: Dict[str, tf.Tensor], seed, config: PipelineConfig) 
     return out
 
 
-def _base_seed(config: PipelineConfig, input_context) -> tf.Tensor:
+def _base_seed(config: PipelineConfig) -> tf.Tensor:
+    # Not keyed by the input pipeline: positions are global, so a sample is augmented identically
+    # whichever pipeline (worker) loads it.
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2 ** 31)
-    pipeline = input_context.input_pipeline_id if input_context is not None else 0
-    return tf.constant([int(seed), int(pipeline)], tf.int64)
+    return tf.constant([int(seed), 0], tf.int64)
 
 
 def _per_replica_batch(config: PipelineConfig, input_context) -> int:
@@ -358,16 +364,18 @@ def _per_replica_batch(config: PipelineConfig, input_context) -> int:
 
 
 def _index_dataset(num_samples: int, config: PipelineConfig, input_context) -> tf.data.Dataset:
-    """Sample indices: sharded per input pipeline, shuffled, repeated, enumerated (stream position).
+    """(position in the global stream, sample index) pairs for this input pipeline.
 
-    Each epoch is shuffled with its own seed derived from (seed, epoch) rather than with
+    One stream for all pipelines: the samples shuffled per epoch, repeated, enumerated. Each epoch is
+    shuffled with its own seed derived from (seed, epoch) rather than with
     ``reshuffle_each_iteration``, whose shared seed generator gives a new order on every new iterator:
     here a second iteration of the same dataset repeats the first exactly, and epochs still differ.
+    With several input pipelines, pipeline p keeps the p-th contiguous share of every global batch;
+    the filter runs on indices, before anything is decoded.
     """
     indices = tf.data.Dataset.range(num_samples)
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        indices = indices.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     buffer = min(config.shuffle_buffer, num_samples)
+    # A fixed seed must be drawn once: every pipeline of a distributed run needs the same order.
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2 ** 31)
 
     def epoch(number):
@@ -377,7 +385,18 @@ def _index_dataset(num_samples: int, config: PipelineConfig, input_context) -> t
                                reshuffle_each_iteration=False)
 
     epochs = tf.data.Dataset.counter() if config.repeat else tf.data.Dataset.range(1)
-    return epochs.flat_map(epoch).enumerate()  # (position in the stream, sample index)
+    stream = epochs.flat_map(epoch).enumerate()
+    if config.start_batch:
+        stream = stream.skip(config.start_batch * config.batch_size)
+    pipelines = input_context.num_input_pipelines if input_context is not None else 1
+    if pipelines > 1:
+        if config.batch_size % pipelines:
+            raise ValueError(f"global batch {config.batch_size} does not split evenly over "
+                             f"{pipelines} input pipelines")
+        share = config.batch_size // pipelines
+        own = tf.constant(input_context.input_pipeline_id, tf.int64)
+        stream = stream.filter(lambda position, index: (position % config.batch_size) // share == own)
+    return stream
 
 
 def _finish(dataset: tf.data.Dataset, config: PipelineConfig, input_context) -> tf.data.Dataset:
@@ -427,7 +446,7 @@ def arrays_dataset(arrays: Dict[str, np.ndarray], config: PipelineConfig,
     for key, value in tensors.items():
         if int(value.shape[0]) != num_samples:
             raise ValueError(f"arrays[{key!r}] has {value.shape[0]} samples, 'target' has {num_samples}")
-    base_seed = _base_seed(config, input_context)
+    base_seed = _base_seed(config)
 
     def make_sample(position, index):
         sample = {key: tf.gather(value, index) for key, value in tensors.items()}
@@ -576,7 +595,7 @@ def records_dataset(records: Sequence[TripletRecord], config: PipelineConfig,
     K_all = tf.constant(np.stack([intrinsics_at_size(r.intrinsics, config.width, config.height)
                                   for r in usable]))
     loader = _TripletLoader(usable, config, report)
-    base_seed = _base_seed(config, input_context)
+    base_seed = _base_seed(config)
     resize_in_cv2 = config.resize_method == "cv2_area"
 
     def load(position, index):

@@ -102,9 +102,10 @@ class AppearanceDecoder(keras.Model):
             x = self.upconv_out[stage](u)
             if stage < 4:
                 # Stage 0 (H/16) receives sigma_3, ..., stage 3 (H/2) receives sigma_0.
-                x = x + self.skip_multiplier * resize_bilinear_to(sigmas[3 - stage], x)
+                x = x + self.skip_multiplier * tf.cast(resize_bilinear_to(sigmas[3 - stage], x), x.dtype)
             if stage > 0:
-                outputs.append(tf.sigmoid(self.side_output[stage - 1](x)))
+                # float32 out: under mixed precision the losses stay in float32.
+                outputs.append(tf.cast(tf.sigmoid(self.side_output[stage - 1](x)), tf.float32))
         # Produced coarse to fine (A_3 first); return A_0 .. A_3.
         return outputs[::-1]
 

@@ -17,14 +17,38 @@ import dataclasses
 from typing import Dict, List, Optional, Tuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from tripled_tf import checks, geometry, losses
+from tripled_tf import checks, geometry, losses, visualize
 from tripled_tf.models.depth_decoder import DepthDecoder
 from tripled_tf.models.pose_net import PoseNet
 from tripled_tf.models.resnet import ResNetEncoder
 
 SOURCE_KEYS = ("source_prev", "source_next")
+NONFINITE_KEY = "nonfinite_terms"
+
+
+def nonfinite_term_names(bits: float, terms) -> List[str]:
+    """Names of the terms flagged in a ``nonfinite_terms`` bit set (bit i = terms[i])."""
+    bits = int(round(float(bits)))
+    return [name for i, name in enumerate(terms) if bits & (1 << i)]
+
+
+class LastValue(keras.metrics.Metric):
+    """Holds the value of the last update (not a mean): per-step flags in the training logs."""
+
+    def __init__(self, name="last_value", **kwargs):
+        super().__init__(name=name, **kwargs)
+        # Every replica computes the same all-reduced value; reading one avoids summing copies.
+        self.value = self.add_variable(shape=(), initializer="zeros", name="value",
+                                       aggregation="only_first_replica")
+
+    def update_state(self, value):
+        self.value.assign(tf.cast(value, self.value.dtype))
+
+    def result(self):
+        return self.value
 
 
 @dataclasses.dataclass
@@ -90,6 +114,8 @@ class MonoDepthModel(keras.Model):
         # Trackers are created here, not lazily in train_step: variables must not be created while
         # tf.function traces the step.
         self._trackers = {name: keras.metrics.Mean(name=name) for name in self.logged_terms}
+        # Per-step health: bit i set = logged_terms[i] was NaN/Inf in the last step (whole batch).
+        self._nonfinite_tracker = LastValue(name=NONFINITE_KEY)
 
     def _depth_decoder_channels(self) -> List[int]:
         """Channels of the 5 levels the depth decoder receives (subclasses that split features differ)."""
@@ -99,7 +125,8 @@ class MonoDepthModel(keras.Model):
     def call(self, images, training=None) -> List[tf.Tensor]:
         images = checks.as_images(images, "images", channels=3)
         features = self.encoder(images, training=training)
-        return self.depth_decoder(features, training=training)
+        # float32 out whatever the compute dtype: geometry and losses always run in float32.
+        return [tf.cast(d, tf.float32) for d in self.depth_decoder(features, training=training)]
 
     def predict_depth(self, images, training=False) -> Tuple[tf.Tensor, tf.Tensor]:
         """Depth at the input resolution, the references' evaluation recipe.
@@ -127,11 +154,25 @@ class MonoDepthModel(keras.Model):
         target = batch.get("target_aug", _batch_tensor(batch, "target"))
         prev = batch.get("source_prev_aug", _batch_tensor(batch, "source_prev"))
         nxt = batch.get("source_next_aug", _batch_tensor(batch, "source_next"))
-        axisangle, translation = self.pose_net((prev, target), training=training)
+        axisangle, translation = self._pose((prev, target), training)
         pose_prev = geometry.pose_to_matrix(axisangle, translation, invert=True)
-        axisangle, translation = self.pose_net((target, nxt), training=training)
+        axisangle, translation = self._pose((target, nxt), training)
         pose_next = geometry.pose_to_matrix(axisangle, translation)
         return {"source_prev": pose_prev, "source_next": pose_next}
+
+    def _pose(self, frames, training):
+        axisangle, translation = self.pose_net(frames, training=training)
+        return tf.cast(axisangle, tf.float32), tf.cast(translation, tf.float32)
+
+    def summary_images(self, batch: dict) -> Dict[str, np.ndarray]:
+        """Images for TensorBoard from a training batch: name -> [B, H, W, 3] float in [0, 1].
+
+        "input" (the target frame) and "disparity" (σ_0 at input size, magma, per-image scaling).
+        """
+        target = checks.as_images(_batch_tensor(batch, "target"), "target", channels=3)
+        disp, _ = self.predict_depth(target, training=False)
+        coloured = np.stack([visualize.colorize_disparity(d) for d in disp.numpy()])
+        return {"input": target.numpy(), "disparity": coloured.astype(np.float32) / 255.0}
 
     # ---------------------------------------------------------------------------------------- loss
     def compute_losses(self, batch: dict, training=None) -> Dict[str, tf.Tensor]:
@@ -192,26 +233,66 @@ class MonoDepthModel(keras.Model):
                 "automask_fraction": automask_fraction}
 
     # ------------------------------------------------------------------------------- keras hooks
-    def _update_trackers(self, values: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    @property
+    def metrics(self):
+        return list(self._trackers.values()) + [self._nonfinite_tracker]
+
+    def train_step(self, data):
+        """One optimiser step; returns the running mean of every logged term and ``nonfinite_terms``.
+
+        Distribution: each replica's loss is divided by the number of replicas, because the optimiser
+        sums the replicas' gradients; with a global batch split evenly, that equals one replica on the
+        whole batch. Mixed precision: the loss is scaled by the LossScaleOptimizer Keras wraps around
+        the optimiser, which also skips steps whose scaled gradients overflow. A step with a NaN / Inf
+        loss term is never applied (on one replica; see apply_if_finite).
+        """
+        strategy = tf.distribute.get_strategy()
+        replicas = strategy.num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            values = self.compute_losses(data, training=True)
+            scaled_loss = self.optimizer.scale_loss(values["loss"] / replicas)
+        variables = self.trainable_variables
+        gradients = tape.gradient(scaled_loss, variables)
+        pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
+        loss_scale = self.optimizer.scale_loss(tf.constant(1.0))
+        values["grad_norm"] = (tf.linalg.global_norm([g for g, _ in pairs])
+                               * tf.cast(replicas, tf.float32) / tf.cast(loss_scale, tf.float32))
+
+        # Which terms are not finite; gradients count too unless the loss scaler handles them.
+        checked = [name for name in self.logged_terms if name in values
+                   and not (name == "grad_norm" and isinstance(
+                       self.optimizer, keras.optimizers.LossScaleOptimizer))]
+        bad = tf.stack([tf.cast(tf.logical_not(tf.reduce_all(tf.math.is_finite(values[name]))),
+                                tf.float32) for name in checked])
+        if replicas > 1:
+            bad = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, bad)
+        finite = tf.equal(tf.reduce_sum(bad), 0.0)
+        if replicas == 1:
+            tf.cond(finite, lambda: self._apply(pairs), lambda: tf.constant(False))
+        else:
+            # A cond around the optimiser's cross-replica merge is not allowed under tf.distribute,
+            # so with several replicas the step is applied and the trainer stops before any
+            # checkpoint (the trainer refuses skip_nonfinite there).
+            self.optimizer.apply_gradients(pairs)
+        bits = tf.reduce_sum(tf.cast(bad > 0, tf.float32) * tf.constant(
+            [float(2 ** self.logged_terms.index(name)) for name in checked]))
+        self._nonfinite_tracker.update_state(bits)
+        # Non-finite values would poison the running means for the rest of the epoch.
+        weight = tf.cast(finite, tf.float32)
+        for name, value in values.items():
+            self._trackers[name].update_state(tf.where(finite, value, 0.0), sample_weight=weight)
+        return {**{name: self._trackers[name].result() for name in values},
+                NONFINITE_KEY: self._nonfinite_tracker.result()}
+
+    def _apply(self, pairs):
+        self.optimizer.apply_gradients(pairs)
+        return tf.constant(True)
+
+    def test_step(self, data):
+        values = self.compute_losses(data, training=False)
         for name, value in values.items():
             self._trackers[name].update_state(value)
         return {name: self._trackers[name].result() for name in values}
-
-    @property
-    def metrics(self):
-        return list(self._trackers.values())
-
-    def train_step(self, data):
-        with tf.GradientTape() as tape:
-            values = self.compute_losses(data, training=True)
-        variables = self.trainable_variables
-        gradients = tape.gradient(values["loss"], variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
-        values["grad_norm"] = tf.linalg.global_norm([g for g in gradients if g is not None])
-        return self._update_trackers(values)
-
-    def test_step(self, data):
-        return self._update_trackers(self.compute_losses(data, training=False))
 
     def build(self, input_shape=None):
         """Creates every variable (Keras calls this before the first call, with the image shape)."""

@@ -22,6 +22,7 @@ import dataclasses
 from typing import Dict, List, Optional, Tuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tripled_tf import checks, color, geometry, losses
@@ -152,7 +153,8 @@ class TripleDNet(MonoDepthModel):
         images = checks.as_images(images, "images", channels=3)
         features = self.encoder(images, training=training)
         depth_features, appearance_features = self.feature_split(features, training=training)
-        disparities = self.depth_decoder(depth_features, training=training)
+        disparities = [tf.cast(d, tf.float32)
+                       for d in self.depth_decoder(depth_features, training=training)]
         return depth_features, appearance_features, disparities
 
     def call(self, images, training=None) -> List[tf.Tensor]:
@@ -217,11 +219,13 @@ class TripleDNet(MonoDepthModel):
         cfg = self.config
         extractor_input = (lambda image: image * mask) if cfg.extractor_input_masked else (
             lambda image: image)
-        target_features = self.extractor(extractor_input(target), training=training)
+        target_features = [tf.cast(f, tf.float32)
+                           for f in self.extractor(extractor_input(target), training=training)]
 
         reconstruction = 0.0
         reconstructions = self.extractor_decoder(target_features, training=training)
         for res in reconstructions:
+            res = tf.cast(res, tf.float32)
             size = tf.shape(res)[1:3]
             target_s = geometry.resize_bilinear(target, size)
             # Fractional weights at hole borders after resizing, as the reference does.
@@ -243,7 +247,8 @@ class TripleDNet(MonoDepthModel):
         warped = []
         for key in SOURCE_KEYS:
             source = checks.as_images(_batch_tensor(batch, key), key, channels=3)
-            source_level1 = self.extractor(extractor_input(source), training=training)[0]
+            source_level1 = tf.cast(self.extractor(extractor_input(source), training=training)[0],
+                                    tf.float32)
             warped.append(geometry.warp(source_level1, depth_half, poses[key], K_half, inv_K_half,
                                         cfg.sampling))
         feature_metric = losses.feature_metric_loss(target_features[0], warped)
@@ -258,7 +263,7 @@ class TripleDNet(MonoDepthModel):
         l_norm, ab_norm = color.normalize_lab(color.rgb_to_lab(target))
         head_input = pretext_inputs(task, disparity_full, l_norm, mask if cfg.head_mask else None,
                                     cfg.head_use_normals, cfg.min_depth, cfg.max_depth)
-        prediction = self.pretext_head(head_input, training=training)
+        prediction = tf.cast(self.pretext_head(head_input, training=training), tf.float32)
         if task == "d2g":
             head_target = color.lab_lightness(target) if cfg.use_lab_gray else color.rgb_to_gray(target)
         else:
@@ -267,6 +272,34 @@ class TripleDNet(MonoDepthModel):
         if cfg.head_mask:
             return losses.masked_mean(error, 1.0 - mask)
         return tf.reduce_mean(error)
+
+    def summary_images(self, batch: dict) -> Dict[str, np.ndarray]:
+        """The baseline's images plus "reconstruction" (appearance decoder Â_0 at H/2) and "pretext"
+        (the head's prediction as an image: gray for D2G, its ab with the frame's L for colour tasks)."""
+        images = super().summary_images(batch)
+        cfg = self.config
+        target = tf.constant(images["input"])
+        _, appearance_features, disparities = self._forward(target, training=False)
+        if cfg.use_appearance:
+            reconstruction = self.appearance_decoder(appearance_features, disparities,
+                                                     training=False)[0]
+            images["reconstruction"] = tf.clip_by_value(reconstruction, 0.0, 1.0).numpy()
+        if cfg.pretext_task != "none":
+            mask = None
+            if cfg.head_mask:
+                mask = self._erase_mask(batch, target)
+            disparity_full = geometry.resize_bilinear(disparities[0], tf.shape(target)[1:3])
+            l_norm, _ = color.normalize_lab(color.rgb_to_lab(target))
+            head_input = pretext_inputs(cfg.pretext_task, disparity_full, l_norm, mask,
+                                        cfg.head_use_normals, cfg.min_depth, cfg.max_depth)
+            prediction = tf.cast(self.pretext_head(head_input, training=False), tf.float32)
+            if cfg.pretext_task == "d2g":
+                gray = tf.clip_by_value(prediction, 0.0, 1.0)
+                images["pretext"] = tf.repeat(gray, 3, axis=-1).numpy()
+            else:
+                rgb = color.lab_to_rgb(color.denormalize_lab(l_norm, prediction))
+                images["pretext"] = tf.clip_by_value(rgb, 0.0, 1.0).numpy()
+        return images
 
     # ------------------------------------------------------------------------------- keras hooks
     def build_for_size(self, height: int, width: int) -> None:
