@@ -204,3 +204,11 @@ def test_bad_input_raises_clear_value_errors():
         geometry.pose_to_matrix(np.zeros((2, 4)), np.zeros((2, 3)))
     with pytest.raises(ValueError, match="same batch, height and width"):
         geometry.warp(np.ones((1, 5, 6, 3), np.float32), depth, _batch(np.eye(4)), K, inv_K)
+
+
+def test_bilinear_sample_turns_nan_coordinates_into_nan_samples():
+    # A NaN depth must surface as a NaN loss (reported by the trainer), not as a crash in the gather.
+    image = tf.reshape(tf.range(12, dtype=tf.float32), [1, 3, 4, 1])
+    coords = tf.constant([[[[1.0, 1.0], [float("nan"), 0.5]]]])
+    out = geometry.bilinear_sample(image, coords).numpy()[0, 0, :, 0]
+    assert out[0] == 5.0 and np.isnan(out[1])

@@ -97,7 +97,9 @@ def test_config_round_trip():
 
 
 def _run_train(args, tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    repo = str(pathlib.Path(__file__).resolve().parents[1])
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
     return subprocess.run([sys.executable, "-m", "tripled_tf.train", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -143,6 +145,7 @@ def test_train_cli_on_the_shared_kitti_snippet(tmp_path, shared_data):
     val.write_text(f"{drive} 5 l\n")
     proc = _run_train(["--dataset=kitti", f"--data_path={shared_data / 'kitti_raw'}",
                        f"--split={split}", f"--val_split={val}", "--height=64", "--width=192",
+                       "--model=baseline", "--depth_layers=18", "--run_eagerly",
                        "--batch_size=2", "--num_steps=2", "--pose_height=0", "--pose_width=0",
                        "--num_preview=1", "--verbose=0", f"--log_dir={tmp_path / 'run'}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -166,8 +169,9 @@ def test_train_cli_stops_on_a_truncated_frame_naming_it(tmp_path):
     split.write_text("2011_09_26/2011_09_26_drive_0001_sync 1 l\n2011_09_26/2011_09_26_drive_0001_sync 2 l\n")
     proc = _run_train(["--dataset=kitti", f"--data_path={tmp_path}", f"--split={split}",
                        "--height=64", "--width=192", "--batch_size=2", "--num_steps=2",
-                       "--pose_height=0", "--pose_width=0", "--verbose=0",
-                       f"--log_dir={tmp_path / 'run'}"], tmp_path)
+                       "--pose_height=0", "--pose_width=0", "--verbose=0", "--model=baseline",
+                       "--depth_layers=18", "--run_eagerly", f"--log_dir={tmp_path / 'run'}"],
+                      tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "0000000002.png" in last and "truncated PNG" in last
@@ -177,7 +181,7 @@ def test_train_cli_video_that_cannot_be_opened(tmp_path):
     video = tmp_path / "drive.mp4"
     video.write_bytes(b"not a video at all")
     proc = _run_train(["--dataset=video", f"--data_path={video}", "--fx=100", "--fy=100", "--cx=50",
-                       "--cy=30", "--num_steps=1", f"--log_dir={tmp_path / 'run'}"], tmp_path)
+                       "--cy=30", "--num_steps=1", "--model=baseline", f"--log_dir={tmp_path / 'run'}"], tmp_path)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(video) in last
@@ -196,7 +200,8 @@ def test_build_model_loads_converted_encoder_weights(tmp_path):
         state[key] = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value
     path = tmp_path / "rn18.npz"
     pretrained.save_state_npz(state, path)
-    config = TrainConfig(height=64, width=64, encoder_weights=str(path), pose_encoder_weights=str(path))
+    config = TrainConfig(model="baseline", height=64, width=64, encoder_weights=str(path),
+                         pose_encoder_weights=str(path))
     model = build_model(config, DepthModelConfig(pose_input_size=None))
     loaded = torchvision_key_map(model.encoder)
     np.testing.assert_array_equal(loaded["layer3.1.bn2.weight"].numpy(), state["layer3.1.bn2.weight"])

@@ -151,14 +151,14 @@ def apply_precision(train_config: Any) -> str:
     return keras.mixed_precision.global_policy().name
 
 
-def one_batch(train_config: Any):
+def one_batch(train_config: Any, model_config: Any):
     """One training batch (dict of tensors) of the synthetic scene, through the training pipeline."""
     from tripled_tf import training
     from tripled_tf.data import pipeline, synthetic
 
     arrays = synthetic.make_triplets(train_config.batch_size, train_config.height, train_config.width,
                                      seed=train_config.seed, split="train")
-    dataset = pipeline.arrays_dataset(arrays, training.pipeline_config(train_config))
+    dataset = pipeline.arrays_dataset(arrays, training.pipeline_config(train_config, model_config))
     # take(1) runs to its end, so no tf.data iterator with work in flight outlives this function.
     return next(iter(dataset.take(1)))
 
@@ -211,7 +211,7 @@ def main(argv: Sequence[str]) -> int:
           f"policy {policy}, device {device}", flush=True)
 
     start = time.perf_counter()
-    batch = one_batch(train_config)
+    batch = one_batch(train_config, model_config)
     data_s = time.perf_counter() - start
     print(f"data: one synthetic batch in {data_s:.2f} s", flush=True)
 

@@ -94,12 +94,15 @@ def restore_training_state(model, state_path) -> None:
     """
     variables = training_state_variables(model)
     with np.load(state_path) as data:
-        paths = [str(p) for p in data["paths"]]
-        if paths != [v.path for v in variables]:
+        # Matched by order and shape: variable paths carry Keras' per-process unique names
+        # ("adam_1/..."), which differ between the saving and the resuming process.
+        values = [data[f"{i:04d}"] for i in range(len(data.files) - 1)]
+        if len(values) != len(variables) or any(
+                tuple(v.shape) != tuple(x.shape) for v, x in zip(variables, values)):
             raise ValueError(f"{state_path}: training state of another model or optimiser "
-                             f"({len(paths)} saved variables, {len(variables)} here)")
-        for i, variable in enumerate(variables):
-            variable.assign(data[f"{i:04d}"])
+                             f"({len(values)} saved variables, {len(variables)} here)")
+        for variable, value in zip(variables, values):
+            variable.assign(value)
 
 
 def latest_checkpoint(run_dir) -> Optional[dict]:

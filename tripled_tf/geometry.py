@@ -205,8 +205,11 @@ def bilinear_sample(image, coords, sampling: str = "exact") -> tf.Tensor:
     y = tf.clip_by_value(y, 0.0, height_f - 1.0)
     # The lower corner stays <= size-2 so that x = W-1 is reached with weight 1 on the upper corner;
     # floor() carries no gradient, so the coordinate gradient flows through the weights only.
-    x0 = tf.minimum(tf.floor(x), tf.maximum(width_f - 2.0, 0.0))
-    y0 = tf.minimum(tf.floor(y), tf.maximum(height_f - 2.0, 0.0))
+    # A NaN coordinate (from a NaN depth) must give a NaN sample, which the trainer's guard reports,
+    # not an out-of-range gather index (int cast of NaN): indices come from a finite copy, the
+    # weights from the coordinates themselves.
+    x0 = tf.minimum(tf.floor(tf.where(tf.math.is_finite(x), x, 0.0)), tf.maximum(width_f - 2.0, 0.0))
+    y0 = tf.minimum(tf.floor(tf.where(tf.math.is_finite(y), y, 0.0)), tf.maximum(height_f - 2.0, 0.0))
     wx = (x - x0)[..., None]
     wy = (y - y0)[..., None]
     x0i = tf.cast(x0, tf.int32)

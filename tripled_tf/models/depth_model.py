@@ -248,6 +248,11 @@ class MonoDepthModel(keras.Model):
         """
         strategy = tf.distribute.get_strategy()
         replicas = strategy.num_replicas_in_sync
+        # BatchNorm moving statistics are updated by the forward pass itself; a non-finite batch
+        # would poison them even when its update is skipped, so they are put back then. (Per-channel
+        # vectors: the copy is negligible.)
+        statistics = list(self.non_trainable_weights) if replicas == 1 else []
+        saved = [tf.identity(v) for v in statistics]
         with tf.GradientTape() as tape:
             values = self.compute_losses(data, training=True)
             scaled_loss = self.optimizer.scale_loss(values["loss"] / replicas)
@@ -268,7 +273,8 @@ class MonoDepthModel(keras.Model):
             bad = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, bad)
         finite = tf.equal(tf.reduce_sum(bad), 0.0)
         if replicas == 1:
-            tf.cond(finite, lambda: self._apply(pairs), lambda: tf.constant(False))
+            tf.cond(finite, lambda: self._apply(pairs),
+                    lambda: self._restore(statistics, saved))
         else:
             # A cond around the optimiser's cross-replica merge is not allowed under tf.distribute,
             # so with several replicas the step is applied and the trainer stops before any
@@ -287,6 +293,12 @@ class MonoDepthModel(keras.Model):
     def _apply(self, pairs):
         self.optimizer.apply_gradients(pairs)
         return tf.constant(True)
+
+    @staticmethod
+    def _restore(variables, values):
+        for variable, value in zip(variables, values):
+            variable.assign(value)
+        return tf.constant(False)
 
     def test_step(self, data):
         values = self.compute_losses(data, training=False)
