@@ -273,6 +273,9 @@ def _free_ports(count):
     return ports
 
 
+@pytest.mark.xfail(strict=True, reason="open: Keras 3.15 fit's symbolic build reduces the first "
+                   "distributed batch with strategy.reduce, which MultiWorkerMirroredStrategy "
+                   "cannot do for a dict of PerReplica tensors (ValueError before the first step)")
 def test_two_worker_processes_equal_one_replica(one_replica_result, tmp_path):
     ports = _free_ports(2)
     workers = []
