@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
 
+import keras
 import tensorflow as tf
 
 from tripled_tf import checks
@@ -70,7 +71,7 @@ def photometric_error(pred, target, alpha: float = 0.85, eps: float = 1e-3) -> t
 def min_reprojection(reprojection_errors: Sequence[tf.Tensor],
                      identity_errors: Optional[Sequence[tf.Tensor]] = None,
                      identity_noise: float = 1e-5,
-                     seed: Optional[int] = None) -> Tuple[tf.Tensor, tf.Tensor]:
+                     seed=None) -> Tuple[tf.Tensor, tf.Tensor]:
     """Per-pixel minimum over sources with Monodepth2's identity auto-masking.
 
     The minimum is taken over the errors of the warped sources and, when given, over the errors of the
@@ -83,7 +84,9 @@ def min_reprojection(reprojection_errors: Sequence[tf.Tensor],
       reprojection_errors: per source, [B, H, W, 1] photometric errors of the warped source.
       identity_errors: per source, [B, H, W, 1] photometric errors of the raw source, or None.
       identity_noise: standard deviation of the tie-breaking noise (0 disables it).
-      seed: optional op seed for the noise.
+      seed: the noise's randomness: None / an int op seed (TensorFlow's global generator), or a
+        ``keras.random.SeedGenerator``, whose state a checkpoint can save (the models use one, so a
+        resumed run draws the noise the uninterrupted run would have).
     Returns:
       (loss_map [B, H, W, 1], automask [B, H, W, 1] float, 1 where a warped source won).
     """
@@ -92,7 +95,11 @@ def min_reprojection(reprojection_errors: Sequence[tf.Tensor],
         return tf.reduce_min(warped, axis=-1, keepdims=True), tf.ones_like(warped[..., :1])
     identity = tf.concat([checks.as_depth(e, "identity_error") for e in identity_errors], -1)
     if identity_noise > 0:
-        identity += tf.random.normal(tf.shape(identity), seed=seed) * identity_noise
+        if isinstance(seed, keras.random.SeedGenerator):
+            noise = keras.random.normal(tf.shape(identity), seed=seed)
+        else:
+            noise = tf.random.normal(tf.shape(identity), seed=seed)
+        identity += noise * identity_noise
     combined = tf.concat([identity, warped], axis=-1)
     loss_map = tf.reduce_min(combined, axis=-1, keepdims=True)
     winner = tf.argmin(combined, axis=-1, output_type=tf.int32)[..., None]

@@ -114,6 +114,8 @@ class MonoDepthModel(keras.Model):
         # Trackers are created here, not lazily in train_step: variables must not be created while
         # tf.function traces the step.
         self._trackers = {name: keras.metrics.Mean(name=name) for name in self.logged_terms}
+        # Randomness of the automask tie-breaking noise; its state is checkpointed with the optimiser.
+        self.noise_generator = keras.random.SeedGenerator(name="identity_noise")
         # Per-step health: bit i set = logged_terms[i] was NaN/Inf in the last step (whole batch).
         self._nonfinite_tracker = LastValue(name=NONFINITE_KEY)
 
@@ -222,7 +224,7 @@ class MonoDepthModel(keras.Model):
                 warped = geometry.warp(source, depth, poses[key], K, inv_K, cfg.sampling)
                 warped_errors.append(losses.photometric_error(warped, target, cfg.ssim_weight))
             loss_map, automask = losses.min_reprojection(warped_errors, identity_errors,
-                                                         cfg.identity_noise)
+                                                         cfg.identity_noise, self.noise_generator)
             photometric_total += tf.reduce_mean(loss_map) / cfg.num_scales
             automask_fraction += tf.reduce_mean(automask) / cfg.num_scales
             smooth = losses.smoothness_loss(losses.normalize_disparity(disp), target)
@@ -287,8 +289,21 @@ class MonoDepthModel(keras.Model):
         weight = tf.cast(finite, tf.float32)
         for name, value in values.items():
             self._trackers[name].update_state(tf.where(finite, value, 0.0), sample_weight=weight)
-        return {**{name: self._trackers[name].result() for name in values},
+        logs = {**{name: self._trackers[name].result() for name in values},
                 NONFINITE_KEY: self._nonfinite_tracker.result()}
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras averages per-replica logs across workers with strategy.reduce("MEAN", axis=0),
+            # which needs a batch axis: scalars become [1].
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras' version first reduces one distributed batch with strategy.reduce, which
+        # MultiWorkerMirroredStrategy cannot do for dict batches (ValueError before the first step);
+        # it only serves to create variables, and build_for_size + optimizer.build have done that.
+        if self.built and self.optimizer is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def _apply(self, pairs):
         self.optimizer.apply_gradients(pairs)
