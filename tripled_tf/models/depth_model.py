@@ -285,10 +285,12 @@ class MonoDepthModel(keras.Model):
         bits = tf.reduce_sum(tf.cast(bad > 0, tf.float32) * tf.constant(
             [float(2 ** self.logged_terms.index(name)) for name in checked]))
         self._nonfinite_tracker.update_state(bits)
-        # Non-finite values would poison the running means for the rest of the epoch.
-        weight = tf.cast(finite, tf.float32)
+        # Non-finite values would poison the running means for the rest of the epoch (also the
+        # overflowing gradient norm of a step the loss scaler skips).
         for name, value in values.items():
-            self._trackers[name].update_state(tf.where(finite, value, 0.0), sample_weight=weight)
+            keep = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(value)))
+            self._trackers[name].update_state(tf.where(keep, value, 0.0),
+                                              sample_weight=tf.cast(keep, tf.float32))
         logs = {**{name: self._trackers[name].result() for name in values},
                 NONFINITE_KEY: self._nonfinite_tracker.result()}
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
