@@ -243,7 +243,10 @@ def _losses(result):
 
 def _assert_same_losses(one, two):
     for name, value in _losses(one).items():
-        assert two["final_losses"][name] == pytest.approx(value, rel=2e-4, abs=1e-6), name
+        # automask_fraction counts pixels whose winner is decided by the 1e-5 tie-breaking noise,
+        # which each replica draws for its own half of the batch: a few pixels may flip.
+        tolerance = dict(abs=1e-3) if name == "automask_fraction" else dict(rel=2e-4, abs=1e-6)
+        assert two["final_losses"][name] == pytest.approx(value, **tolerance), name
 
 
 @pytest.fixture(scope="module")
