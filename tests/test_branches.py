@@ -4,7 +4,6 @@ Right answers come from first principles: channel slices written out by hand, th
 (H / 2^s), the algebra of an additive skip (adding c to a disparity adds exactly c to the stage
 output), analytic normals of planes, and heads with hand-set weights whose output is known.
 """
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -232,6 +231,19 @@ def test_feature_extractor_defaults_and_no_normalisation():
         np.testing.assert_allclose(fa.numpy(), fb.numpy(), rtol=1e-4, atol=1e-4)
     clone = FeatureExtractor.from_config(raw.get_config())
     assert clone.num_layers == 18 and not clone.normalize_input
+
+
+def test_extractor_can_stop_after_the_first_levels():
+    extractor = FeatureExtractor(num_layers=18)
+    x = tf.constant(RNG.uniform(size=(2, 64, 64, 3)), tf.float32)
+    full = extractor(x, training=False)
+    for levels in (1, 3):
+        part = extractor(x, training=False, num_levels=levels)
+        assert len(part) == levels
+        for fa, fb in zip(part, full):
+            np.testing.assert_array_equal(fa.numpy(), fb.numpy())
+    with pytest.raises(ValueError, match="num_levels"):
+        extractor(x, num_levels=0)
 
 
 # ---------------------------------------------------------------------------------------------------

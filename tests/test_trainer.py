@@ -198,15 +198,19 @@ def test_mixed_precision_trains_with_finite_losses_and_restores_the_policy(tmp_p
     assert keras.config.dtype_policy().name == "float32"
 
 
-def test_tensorboard_logs_every_term_learning_rate_throughput_and_images(tmp_path):
-    config = _config(tmp_path, num_steps=2, summary_every=1, image_summary_every=2)
-    training.train(config, MODEL)
+def test_tensorboard_logs_every_term_learning_rate_throughput_images_and_held_out(tmp_path):
+    config = _config(tmp_path, num_steps=2, summary_every=1, image_summary_every=2,
+                     num_val_samples=2, eval_every=1)
+    result = training.train(config, MODEL)
+    # --eval_every=1: a held-out evaluation after each step; the last one is the run's final figure.
+    assert [step for step, _ in result["held_out_curve"]] == [1, 2]
+    assert result["held_out_curve"][-1][1] == pytest.approx(result["abs_rel_after"], abs=1e-6)
     tags = set()
     for path in (tmp_path / "run" / "logs").rglob("events.out.tfevents*"):
         for event in tf.compat.v1.train.summary_iterator(str(path)):
             tags.update(value.tag for value in event.summary.value)
     for tag in ("loss", "loss/photometric", "loss/smoothness", "loss/grad_norm", "learning_rate",
-                "images_per_s", "images/input", "images/disparity"):
+                "images_per_s", "images/input", "images/disparity", "held_out/abs_rel", "held_out/a1"):
         assert tag in tags, sorted(tags)
 
 

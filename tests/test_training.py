@@ -106,7 +106,7 @@ def _run_train(args, tmp_path):
 
 def test_train_cli_smoke_run_leaves_a_complete_run_folder(tmp_path, repo_root):
     run_dir = tmp_path / "run"
-    proc = _run_train([f"--flagfile={repo_root / 'configs' / 'demo.cfg'}", "--height=64",
+    proc = _run_train([f"--flagfile={repo_root / 'configs' / 'demo_baseline.cfg'}", "--height=64",
                        "--width=128", "--batch_size=1", "--num_steps=2", "--num_train_samples=2",
                        "--num_val_samples=2", "--num_preview=2", "--verbose=0",
                        f"--log_dir={run_dir}"], tmp_path)

@@ -74,6 +74,8 @@ flags.DEFINE_integer("summary_every", 50, "TensorBoard scalars (every loss term,
                      "images/s) every N steps.")
 flags.DEFINE_integer("image_summary_every", 500, "TensorBoard images (input, disparity, "
                      "reconstruction, pretext output) every N steps; 0 = off.")
+flags.DEFINE_integer("eval_every", 0, "Held-out depth evaluation (AbsRel, RMSE, δ<1.25 printed; all seven "
+                     "metrics to TensorBoard held_out/*) every N steps; 0 = only before and after.")
 flags.DEFINE_bool("mixed_precision", False, "mixed_float16 compute with dynamic loss scaling (GPU).")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                   "tf.distribute strategy; multi_worker reads TF_CONFIG. --batch_size is global.")
@@ -160,6 +162,7 @@ def configs_from_flags():
         extractor_weights=FLAGS.extractor_weights, weights_dir=FLAGS.weights_dir,
         resume=FLAGS.resume, overwrite=FLAGS.overwrite, skip_nonfinite=FLAGS.skip_nonfinite,
         summary_every=FLAGS.summary_every, image_summary_every=FLAGS.image_summary_every,
+        eval_every=FLAGS.eval_every,
         mixed_precision=FLAGS.mixed_precision, strategy=FLAGS.strategy,
         deterministic=FLAGS.deterministic, run_eagerly=FLAGS.run_eagerly, height=FLAGS.height, width=FLAGS.width, batch_size=FLAGS.batch_size,
         num_steps=FLAGS.num_steps, learning_rate=FLAGS.learning_rate,

@@ -81,6 +81,7 @@ class TrainConfig:
     skip_nonfinite: bool = False  # skip batches with a NaN/Inf loss term instead of stopping
     summary_every: int = 50  # TensorBoard scalars every N steps
     image_summary_every: int = 500  # TensorBoard images every N steps (0 = off)
+    eval_every: int = 0  # held-out depth evaluation every N steps, console + TensorBoard (0 = off)
     jit_compile: bool = False  # XLA did not pay off on CPU (PLATFORM.md); worth trying on GPU
     run_eagerly: bool = False  # debugging / quick smoke runs: no tf.function tracing
     mixed_precision: bool = False  # mixed_float16 compute with dynamic loss scaling
@@ -271,12 +272,6 @@ def training_sources(config: TrainConfig):
             len(records), held_out)
 
 
-def build_datasets(config: TrainConfig, model_config: Optional[DepthModelConfig] = None):
-    """(training tf.data.Dataset of batch dicts, held-out dict or None); see training_sources."""
-    make_dataset, _, held_out = training_sources(config)
-    return make_dataset(pipeline_config(config, model_config)), held_out
-
-
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN / Inf; the message names the step and the terms."""
 
@@ -288,12 +283,17 @@ class TrainingCallback(keras.callbacks.Callback):
     poisoned model never reaches a checkpoint or a summary.
 
     Args:
-      run_dir: the run folder; batches: batches consumed before this fit (resume); config: the TrainConfig; summary_batch: a small batch for image summaries
-        (None: no images); is_chief: only the chief writes files (multi-worker).
+      run_dir: the run folder; batches: batches consumed before this fit (resume); config: the
+        TrainConfig; summary_batch: a small batch for image summaries (None: no images); is_chief:
+        only the chief writes files (multi-worker); held_out: frames with ground truth
+        ({"target", "depth", "crop"}) evaluated every ``config.eval_every`` steps (None: never).
     """
 
-    def __init__(self, run_dir, config: TrainConfig, batches: int, summary_batch: Optional[dict] = None, is_chief: bool = True):
+    def __init__(self, run_dir, config: TrainConfig, batches: int, summary_batch: Optional[dict] = None,
+                 is_chief: bool = True, held_out: Optional[dict] = None):
         super().__init__()
+        self.held_out = held_out
+        self.evaluations = []  # (step, metrics) of the periodic held-out evaluations
         self.run_dir = pathlib.Path(run_dir)
         self.config = config
         self.batches = batches
@@ -340,6 +340,24 @@ class TrainingCallback(keras.callbacks.Callback):
         if (self._writer is not None and self.summary_batch is not None
                 and self.config.image_summary_every and step % self.config.image_summary_every == 0):
             self.write_images(step)
+        if (self.is_chief and self.held_out is not None and self.config.eval_every
+                and step % self.config.eval_every == 0):
+            self.evaluate(step)
+
+    def evaluate(self, step: int) -> dict:
+        """Held-out depth metrics now: printed on one line and written as TensorBoard "held_out/*"."""
+        import tensorflow as tf
+        values = evaluation.evaluate_depth(self.model, self.held_out["target"], self.held_out["depth"],
+                                           self.held_out["crop"])
+        self.evaluations.append((step, values))
+        print(f"\nstep {step}: held-out AbsRel {values['abs_rel']:.4f}  RMSE {values['rmse']:.3f} m  "
+              f"δ<1.25 {values['a1']:.3f}", flush=True)
+        if self._writer is not None:
+            with self._writer.as_default(step=step):
+                for name in ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3"):
+                    tf.summary.scalar(f"held_out/{name}", float(values[name]))
+            self._writer.flush()
+        return values
 
     def _write_scalars(self, step: int, logs: dict) -> None:
         import tensorflow as tf
@@ -478,8 +496,6 @@ def train(config: TrainConfig, model_config: Optional[DepthModelConfig] = None) 
 
 
 def _train(config, model_config, run_dir, resume_from) -> dict:
-    import tensorflow as tf
-
     strategy = make_strategy(config.strategy)
     chief = is_chief(strategy)
     replicas = strategy.num_replicas_in_sync
@@ -502,12 +518,12 @@ def _train(config, model_config, run_dir, resume_from) -> dict:
         model.compile(optimizer=make_optimizer(config), jit_compile=config.jit_compile,
                       run_eagerly=config.run_eagerly)
         model.optimizer.build(model.trainable_variables)
-    step = batches = 0
+    batches = 0
     if resume_from is not None:
         model.load_weights(resume_from["weights"])
         checkpoint.restore_training_state(model, resume_from["state"])
-        step, batches = int(resume_from["step"]), int(resume_from["batches"])
-        print(f"resuming {run_dir} at step {step} (batch {batches})", flush=True)
+        batches = int(resume_from["batches"])
+        print(f"resuming {run_dir} at step {resume_from['step']} (batch {batches})", flush=True)
 
     before = after = None
     if held_out is not None and resume_from is None:
@@ -524,7 +540,7 @@ def _train(config, model_config, run_dir, resume_from) -> dict:
     if config.image_summary_every and chief:
         first = next(iter(make_dataset(dataclasses.replace(pipe, start_batch=0))))
         summary_batch = {k: v[:2] for k, v in first.items()}
-    callback = TrainingCallback(run_dir, config, batches, summary_batch, chief)
+    callback = TrainingCallback(run_dir, config, batches, summary_batch, chief, held_out)
     remaining = max(config.num_steps - batches, 0)
     start = time.time()
     history = None
@@ -569,6 +585,7 @@ def _train(config, model_config, run_dir, resume_from) -> dict:
         "steps": step,
         "batches": callback.batches,
         "skipped_batches": callback.skipped,
+        "held_out_curve": [[s, round(float(v["abs_rel"]), 6)] for s, v in callback.evaluations],
         "resumed_from": int(resume_from["step"]) if resume_from else None,
         "train_seconds": round(train_seconds, 1),
         "images_per_second": round(trained_batches * config.batch_size / max(train_seconds, 1e-9), 2),

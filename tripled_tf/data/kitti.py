@@ -22,6 +22,7 @@ Public API: ``read_split``, ``split_path``, ``kitti_records``, ``read_calib_file
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -422,3 +423,115 @@ def kitti_records(data_path, split, frame_offsets: Sequence[int] = (-1, 0, 1),
                                      name=name, depth_path=velodyne if velodyne and
                                      os.path.isfile(velodyne) else None))
     return records, report
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation frames
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalFrame:
+    """One target frame of an evaluation split and where its ground truth can come from.
+
+    name: the split line ("<folder> <index> <side>"); image: the frame file; velodyne: its Velodyne
+    scan (None when absent); calib_dir: the date folder holding calib_cam_to_cam.txt /
+    calib_velo_to_cam.txt; camera: 2 (left, image_02) or 3 (right, image_03); benchmark_depth: the
+    improved ground truth PNG of KITTI's depth benchmark (``proj_depth/groundtruth/image_0X``), None
+    when absent.
+    """
+    name: str
+    image: str
+    velodyne: Optional[str]
+    calib_dir: str
+    camera: int
+    benchmark_depth: Optional[str]
+
+
+def eval_frames(data_path, split, splits_dir=None, image_ext: Optional[str] = None) -> List[EvalFrame]:
+    """The target frames of an evaluation split (no neighbours needed, unlike ``kitti_records``).
+
+    Args:
+      data_path: KITTI raw root (holds the date folders).
+      split: a split name ("eigen", ...) or the path of any split file in the raw layout — e.g. a few
+        lines naming frames of one drive.
+      splits_dir: Monodepth2's ``splits/`` folder, for split names.
+    Returns:
+      one EvalFrame per split line, in the file's order.
+    Raises:
+      BadInputError naming the file for a missing data folder, split file or target frame.
+    """
+    data_path = os.fspath(data_path)
+    if not os.path.isdir(data_path):
+        raise BadInputError(data_path, "KITTI data folder does not exist")
+    source = split_path(split, splits_dir=splits_dir, data_path=data_path)
+    frames = []
+    for number, (folder, index, side) in enumerate(read_split(source), start=1):
+        name = f"{folder} {index} {side}"
+        if _is_odometry(folder):
+            raise BadInputError(source, f"line {number} ({name!r}) names an odometry sequence: depth "
+                                        f"evaluation needs KITTI raw drives (date/drive folders)")
+        stem = _frame_stem(data_path, folder, index, side)
+        image = _find_frame(stem, image_ext)
+        if image is None:
+            raise BadInputError(stem + (image_ext or ".png"), f"frame of split line {number} ({name!r}) "
+                                                               f"of {source} does not exist")
+        camera = SIDE_TO_CAMERA[side]
+        velodyne = _velodyne_path(data_path, folder, index)
+        benchmark = os.path.join(data_path, folder, "proj_depth", "groundtruth", f"image_0{camera}",
+                                 f"{index:010d}.png")
+        frames.append(EvalFrame(name=name, image=image,
+                                velodyne=velodyne if os.path.isfile(velodyne) else None,
+                                calib_dir=os.path.join(data_path, folder.split("/")[0]), camera=camera,
+                                benchmark_depth=benchmark if os.path.isfile(benchmark) else None))
+    return frames
+
+
+def load_benchmark_depth(path) -> np.ndarray:
+    """KITTI depth-benchmark ground truth: a uint16 PNG of depth × 256 (0 = no measurement) ->
+    [H, W] float32 metres."""
+    import cv2
+    path = os.fspath(path)
+    depth = cv2.imread(path, cv2.IMREAD_ANYDEPTH)
+    if depth is None:
+        raise BadInputError(path, "cannot decode ground-truth depth PNG")
+    if depth.dtype != np.uint16:
+        raise BadInputError(path, f"ground-truth depth PNG must be 16-bit (depth × 256), got {depth.dtype}")
+    return depth.astype(np.float32) / 256.0
+
+
+def odometry_sequence(data_path, sequence: int, poses_path=None, image_ext: Optional[str] = None,
+                      camera: int = 2) -> Tuple[List[str], np.ndarray]:
+    """Frames and ground-truth poses of a KITTI odometry sequence (the pose protocol's 09 / 10).
+
+    Args:
+      data_path: KITTI odometry root holding ``sequences/XX/image_2``; poses_path: its poses file
+        (default ``<data_path>/poses/XX.txt``).
+    Returns:
+      (frame paths in order, [M, 4, 4] float64 camera-to-world poses, metres); M frames, one per pose
+      line.
+    Raises:
+      BadInputError for a missing poses file, a malformed line or a missing frame.
+    """
+    data_path = os.fspath(data_path)
+    poses_path = os.fspath(poses_path) if poses_path else os.path.join(data_path, "poses",
+                                                                       f"{int(sequence):02d}.txt")
+    try:
+        rows = np.loadtxt(poses_path, dtype=np.float64, ndmin=2)
+    except OSError as e:
+        raise BadInputError(poses_path, f"cannot read poses file ({e})") from None
+    except ValueError as e:
+        raise BadInputError(poses_path, f"malformed poses file ({e})") from None
+    if rows.shape[1] != 12:
+        raise BadInputError(poses_path, f"expected 12 numbers per line (a 3x4 pose), got {rows.shape[1]}")
+    poses = np.tile(np.eye(4), (len(rows), 1, 1))
+    poses[:, :3, :] = rows.reshape(-1, 3, 4)
+    side = {2: "l", 3: "r"}[camera]
+    frames = []
+    for index in range(len(rows)):
+        stem = _frame_stem(data_path, f"{int(sequence):02d}", index, side)
+        frame = _find_frame(stem, image_ext)
+        if frame is None:
+            raise BadInputError(stem + (image_ext or ".png"), f"frame {index} of sequence "
+                                                               f"{int(sequence):02d} does not exist")
+        frames.append(frame)
+    return frames, poses

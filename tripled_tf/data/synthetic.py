@@ -903,6 +903,43 @@ def make_triplets(num_samples: int, height: int, width: int, seed: int = 0, spli
     }
 
 
+def make_sequence(num_frames: int, height: int, width: int, seed: int = 0, split: str = "test", *,
+                  config: Optional[SceneConfig] = None) -> Dict[str, np.ndarray]:
+    """Renders consecutive frames of one drive with their camera poses (the pose protocol's input).
+
+    The drive is the first one of ``split`` for ``seed`` (the same world make_triplets starts with).
+
+    Args:
+      num_frames: M consecutive frames (at most the drive's SceneConfig.num_frames; more are made by
+        lengthening the drive).
+      height, width: image size in pixels.
+    Returns:
+      dict of numpy arrays: "frames" [M, H, W, 3] float32 in [0, 1]; "depth" [M, H, W, 1] z-depth,
+      metres; "K" [4, 4] pixels; "camera_to_world" [M, 4, 4] float64 (X_world = G_i X_i, metres,
+      KITTI odometry's convention).
+    """
+    if isinstance(num_frames, bool) or not float(num_frames).is_integer() or num_frames < 2:
+        raise ValueError(f"num_frames must be an integer >= 2, got {num_frames!r}")
+    num_frames = int(num_frames)
+    height, width = _check_size(height, width)
+    base = config if config is not None else SceneConfig()
+    if not isinstance(base, SceneConfig):
+        raise ValueError(f"config: expected a SceneConfig, got {type(base).__name__}")
+    drive_seed = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, _split_code(split), 0])
+    scene = SyntheticScene(dataclasses.replace(base, seed=int(drive_seed.generate_state(1)[0]),
+                                               num_frames=max(base.num_frames, num_frames)))
+    K = kitti_intrinsics(height, width)
+    frames, depths, poses = [], [], []
+    for index in range(num_frames):
+        pose = scene.camera_to_world(index)
+        image, depth = scene.render(pose, K, height, width)
+        frames.append(image)
+        depths.append(depth[..., None])
+        poses.append(pose)
+    return {"frames": np.stack(frames), "depth": np.stack(depths), "K": K,
+            "camera_to_world": np.asarray(poses, np.float64)}
+
+
 def synthetic_dataset(num_samples: int, height: int, width: int, batch_size: int, seed: int = 0,
                       split: str = "train", shuffle: bool = True, repeat: bool = True, *,
                       frame_gap: int = 1, config: Optional[SceneConfig] = None,

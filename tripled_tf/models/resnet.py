@@ -231,14 +231,20 @@ class ResNetEncoder(keras.Model):
                 in_channels = out_channels
             self.stages.append(blocks)
 
-    def call(self, images, training=None):
+    def call(self, images, training=None, num_levels: int = 5):
+        """The first ``num_levels`` levels (default all 5); fewer stop the network early, e.g. the
+        feature-metric loss needs only level 1 of the source frames."""
+        if not 1 <= int(num_levels) <= 5:
+            raise ValueError(f"num_levels must be 1..5, got {num_levels}")
         x = checks.as_images(images, "images", channels=self.input_channels)
         if self.normalize_input:
             x = (x - IMAGE_MEAN) / IMAGE_STD
         x = tf.nn.relu(self.bn1(self.conv1(_zero_pad(x, 3)), training=training))
         features = [x]
+        if num_levels == 1:
+            return features
         x = max_pool_3x3_stride2(x)
-        for blocks in self.stages:
+        for blocks in self.stages[:int(num_levels) - 1]:
             for block in blocks:
                 x = block(x, training=training)
             features.append(x)

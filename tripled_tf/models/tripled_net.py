@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, List, Optional, Tuple
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -247,8 +246,10 @@ class TripleDNet(MonoDepthModel):
         warped = []
         for key in SOURCE_KEYS:
             source = checks.as_images(_batch_tensor(batch, key), key, channels=3)
-            source_level1 = tf.cast(self.extractor(extractor_input(source), training=training)[0],
-                                    tf.float32)
+            # Only level 1 of a source is compared: the rest of the extractor would be computed for
+            # nothing (same loss and gradients; the deeper BN statistics are never used in training mode).
+            source_level1 = tf.cast(self.extractor(extractor_input(source), training=training,
+                                                   num_levels=1)[0], tf.float32)
             warped.append(geometry.warp(source_level1, depth_half, poses[key], K_half, inv_K_half,
                                         cfg.sampling))
         feature_metric = losses.feature_metric_loss(target_features[0], warped)
