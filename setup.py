@@ -20,7 +20,7 @@ setup(
         "tensorboard",  # no longer installed by TF 2.21; needed to view the training logs
     ],
     extras_require={
-        # pytest-xdist: the suite runs in 2 processes (pyproject addopts), about half the wall time.
+        # pytest-xdist: the suite runs in 2 processes (pyproject addopts).
         "dev": ["pytest>=7", "pytest-xdist>=3"],
         "edge": ["ai-edge-litert"],
     },

@@ -21,3 +21,16 @@ def shared_data() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def repo_root() -> pathlib.Path:
     return REPO_ROOT
+
+
+# pyproject runs the suite in 2 xdist processes with --dist loadgroup: tests of one group go to one
+# process. Each file is a group (its module fixtures are then built once), except the two longest
+# files, whose tests are spread one by one so that neither process waits on a single file.
+SPREAD_FILES = {"test_trainer.py", "test_configs.py"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name not in SPREAD_FILES and not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))

@@ -262,6 +262,7 @@ def one_replica_result(tmp_path_factory):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.xdist_group("one_replica")  # share the module fixture
 def test_mirrored_two_logical_cpus_equals_one_replica(one_replica_result):
     default, mirrored = one_replica_result["default"], one_replica_result["mirrored"]
     assert default["replicas"] == 1 and mirrored["replicas"] == 2
@@ -278,6 +279,7 @@ def _free_ports(count):
     return ports
 
 
+@pytest.mark.xdist_group("one_replica")  # share the module fixture
 def test_two_worker_processes_equal_one_replica(one_replica_result, tmp_path):
     ports = _free_ports(2)
     workers = []

@@ -35,6 +35,8 @@ from tripled_tf.geometry import KITTI_NORMALIZED_INTRINSICS
 # Split names -> file inside Monodepth2's splits/ folder.
 SPLIT_FILES = {
     "eigen": os.path.join("eigen", "test_files.txt"),
+    # The 652 Eigen test frames that have the depth benchmark's improved ground truth.
+    "eigen_benchmark": os.path.join("eigen_benchmark", "test_files.txt"),
     "eigen_zhou": os.path.join("eigen_zhou", "train_files.txt"),
     "eigen_zhou_val": os.path.join("eigen_zhou", "val_files.txt"),
     "odom_09": os.path.join("odom", "test_files_09.txt"),
