@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -100,7 +101,6 @@ class _OraclePose:
 
 
 def _rotation_to_axisangle(rotation):
-    import cv2
     rvec, _ = cv2.Rodrigues(np.asarray(rotation, np.float64))
     return rvec[:, 0]
 
@@ -145,7 +145,6 @@ def test_pose_to_matrix_matches_the_oracle_convention():
 
 
 def cv2_rotation(rvec):
-    import cv2
     return cv2.Rodrigues(np.asarray(rvec, np.float64))[0]
 
 
@@ -231,7 +230,6 @@ def test_eval_frames_and_ground_truth_of_the_shared_snippet(shared_data, tmp_pat
 
 
 def test_benchmark_png_ground_truth_is_depth_times_256(tmp_path):
-    import cv2
     depth = np.zeros((4, 5), np.uint16)
     depth[1, 2] = int(12.5 * 256)
     path = tmp_path / "0000000001.png"
@@ -247,7 +245,6 @@ def test_odometry_sequence_reads_poses_and_frames(tmp_path, shared_data):
     lines = poses_file.read_text().splitlines()[:3]
     (root / "poses").mkdir()
     (root / "poses" / "09.txt").write_text("\n".join(lines) + "\n")
-    import cv2
     for i in range(3):
         cv2.imwrite(str(root / "sequences" / "09" / "image_2" / f"{i:06d}.png"), np.zeros((8, 8, 3), np.uint8))
     frames, poses = kitti.odometry_sequence(root, 9)

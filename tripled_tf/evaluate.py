@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -163,6 +162,7 @@ def main(argv):
         raise app.UsageError("--checkpoint is required (a training run folder)")
 
     from tripled_tf import checkpoint
+    from tripled_tf.cli import exit_with_error
     from tripled_tf.data.records import BadInputError
 
     try:
@@ -174,10 +174,7 @@ def main(argv):
         else:
             result = evaluate_pose_task(model, config)
     except (BadInputError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(2)  # see train._exit_now: tf.data threads may block interpreter shutdown
+        exit_with_error(str(error), 2)
     result.update(checkpoint=os.path.abspath(FLAGS.checkpoint), task=FLAGS.task)
     if FLAGS.output_json:
         checkpoint.write_json(FLAGS.output_json, result)

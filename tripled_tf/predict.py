@@ -61,6 +61,7 @@ import numpy as np  # noqa: E402
 
 from tripled_tf import checkpoint as run_folder  # noqa: E402  (numpy only; no TensorFlow)
 from tripled_tf import visualize  # noqa: E402
+from tripled_tf.cli import exit_with_error  # noqa: E402
 from tripled_tf.data.records import BadInputError  # noqa: E402
 from tripled_tf.data.video import (IMAGE_EXTENSIONS, Calibration, check_frame_file,  # noqa: E402
                                    list_frame_files, load_calibration)
@@ -864,14 +865,6 @@ def run_from_flags(FLAGS) -> Dict:
         source.close()
 
 
-def _exit_now(code: int) -> None:
-    """Exits without interpreter shutdown once the error is reported (as ``tripled_tf.train`` does):
-    TensorFlow's finalisation after a failure can hang or abort, and the exit code must survive."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def main(argv):
     from absl import app, flags
 
@@ -880,8 +873,7 @@ def main(argv):
     try:
         summary = run_from_flags(flags.FLAGS)
     except (BadInputError, PredictError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        _exit_now(2)
+        exit_with_error(str(error), 2)
     print(json.dumps(summary))
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -202,18 +201,6 @@ def configs_from_flags():
     return train_config, model_config
 
 
-def _exit_now(code: int) -> None:
-    """Exits without interpreter shutdown after a failure inside the input pipeline.
-
-    tf.data worker threads that were inside ``tf.numpy_function`` when the error surfaced can deadlock
-    or abort Python's finalisation (seen: a hang for >600 s on CI, and SIGABRT), so the exit code
-    would be lost. Everything worth keeping (the last checkpoint, the message) is already on disk.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -224,6 +211,7 @@ def main(argv):
     import tensorflow as tf
 
     from tripled_tf.checkpoint import RunFolderError
+    from tripled_tf.cli import exit_with_error
     from tripled_tf.data.records import BadInputError
     from tripled_tf.models.pretrained import CheckpointError
     from tripled_tf.training import NonFiniteLossError, train
@@ -231,20 +219,16 @@ def main(argv):
     try:
         result = train(train_config, model_config)
     except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
-        _exit_now(3)
+        exit_with_error(str(error), 3)
     except (BadInputError, CheckpointError, RunFolderError) as error:
         # A bad data or weights file: one clear line naming it, no stack trace.
-        print(f"error: {error}", file=sys.stderr)
-        _exit_now(2)
+        exit_with_error(str(error), 2)
     except tf.errors.OpError as error:
         # A file that turned out unreadable while the pipeline decoded it mid-training.
         found = re.search(r"BadInputError: ([^\n]*)", error.message or "")
         if not found:
             raise
-        print(f"error: {found.group(1)} (use --skip_bad_frames to skip and count such samples)",
-              file=sys.stderr)
-        _exit_now(2)
+        exit_with_error(f"{found.group(1)} (use --skip_bad_frames to skip and count such samples)", 2)
     print(json.dumps(result))
 
 
