@@ -20,9 +20,13 @@ setup(
         "tensorboard",  # no longer installed by TF 2.21; needed to view the training logs
     ],
     extras_require={
-        # pytest-xdist: the suite runs in 2 processes (pyproject addopts).
-        "dev": ["pytest>=7", "pytest-xdist>=3"],
+        # pytest-xdist: the suite runs in 2 processes (pyproject addopts); ai-edge-litert: the edge
+        # runtime's tests (edge.runtime without TensorFlow).
+        "dev": ["pytest>=7", "pytest-xdist>=3", "ai-edge-litert"],
+        # The device side: edge.runtime needs only numpy and a TFLite runtime (LiteRT).
         "edge": ["ai-edge-litert"],
+        # python -m tripled_tf.export --format=onnx (tf2onnx 1.17 works with TF 2.21 / numpy 2).
+        "onnx": ["tf2onnx>=1.17", "onnx", "onnxruntime"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

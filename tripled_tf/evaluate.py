@@ -23,6 +23,10 @@ ground truth, mean ± std per sequence (Monodepth2's evaluate_pose):
   (<data_path>/sequences/XX/image_2/*.png and <data_path>/poses/XX.txt, or --poses_dir); on the
   synthetic scene: one drive of --num_samples frames.
 
+Exported models: ``--checkpoint`` may also be a SavedModel folder or a .tflite file (``python -m
+tripled_tf.export``), evaluated at their exported size through the same code (tripled_tf.inference),
+e.g. to check what int8 quantisation costs. Pose needs the run folder (the pose net is not exported).
+
 The last stdout line is one JSON object (also written to --output_json): for depth the seven metrics
 under exactly their names plus ratio_median, ratio_std, num_images and the settings; for pose
 ``sequences: {name: {ate_mean, ate_std, num_snippets}}``. Bad input: one ``error:`` line, exit 2.
@@ -38,7 +42,8 @@ from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("checkpoint", None, "A training run folder (holds config.json and checkpoints/).")
+flags.DEFINE_string("checkpoint", None, "A training run folder (holds config.json and checkpoints/), or "
+                    "for --task=depth an exported SavedModel folder or .tflite file.")
 flags.DEFINE_enum("task", "depth", ["depth", "pose"], "What to evaluate.")
 flags.DEFINE_enum("dataset", "synthetic", ["synthetic", "kitti"],
                   "The built-in synthetic scene (exact ground truth) or KITTI (raw for depth, odometry "
@@ -78,19 +83,22 @@ def format_table(values: dict) -> str:
     return header + "\n" + row
 
 
-def _input_size(config: dict):
-    height = FLAGS.height or int(config["train"]["height"])
-    width = FLAGS.width or int(config["train"]["width"])
+def _input_size(default_size, any_size: bool = True):
+    height = FLAGS.height or int(default_size[0])
+    width = FLAGS.width or int(default_size[1])
     if height % 32 or width % 32:
         raise ValueError(f"--height/--width must be multiples of 32, got {height}x{width}")
+    if not any_size and (height, width) != tuple(default_size):
+        raise ValueError(f"--checkpoint={FLAGS.checkpoint} runs at {default_size[0]}x{default_size[1]} only "
+                         "(exported model): drop --height/--width")
     return height, width
 
 
-def evaluate_depth_task(model, config: dict) -> dict:
+def evaluate_depth_task(depth_fn) -> dict:
     from tripled_tf import evaluation
     from tripled_tf.data import kitti, synthetic
 
-    height, width = _input_size(config)
+    height, width = _input_size(depth_fn.input_size, depth_fn.any_size)
     if FLAGS.dataset == "synthetic":
         data = synthetic.make_triplets(FLAGS.num_samples, height, width, seed=FLAGS.seed, split="test")
         images, depths, source = data["target"], list(data["depth"][..., 0]), "synthetic (exact)"
@@ -105,7 +113,7 @@ def evaluate_depth_task(model, config: dict) -> dict:
             frames, height, width, FLAGS.ground_truth, FLAGS.gt_depths or None)
         split = FLAGS.split
     crop = FLAGS.crop if FLAGS.crop != "auto" else ("garg" if FLAGS.dataset == "kitti" else "none")
-    values = evaluation.evaluate_depth(model, images, depths, crop=None if crop == "none" else crop,
+    values = evaluation.evaluate_depth(depth_fn, images, depths, crop=None if crop == "none" else crop,
                                        median_scaling=FLAGS.median_scaling, min_depth=FLAGS.min_depth,
                                        max_depth=FLAGS.max_depth, batch_size=FLAGS.batch_size)
     print(f"Evaluating {values['num_images']} frames of {split} ({FLAGS.dataset}, ground truth: "
@@ -129,7 +137,7 @@ def evaluate_pose_task(model, config: dict) -> dict:
     from tripled_tf import evaluation
     from tripled_tf.data import kitti, pipeline, synthetic
 
-    height, width = _input_size(config)
+    height, width = _input_size((config["train"]["height"], config["train"]["width"]))
     sequences = {}
     if FLAGS.dataset == "synthetic":
         data = synthetic.make_sequence(FLAGS.num_samples, height, width, seed=FLAGS.seed, split="test")
@@ -159,19 +167,20 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.checkpoint:
-        raise app.UsageError("--checkpoint is required (a training run folder)")
+        raise app.UsageError("--checkpoint is required (a training run folder, SavedModel or .tflite)")
 
-    from tripled_tf import checkpoint
+    from tripled_tf import checkpoint, inference
     from tripled_tf.cli import exit_with_error
     from tripled_tf.data.records import BadInputError
 
     try:
-        if not os.path.isdir(FLAGS.checkpoint):
-            raise FileNotFoundError(f"{FLAGS.checkpoint}: checkpoint folder does not exist")
-        model, config = checkpoint.load_model(FLAGS.checkpoint)
         if FLAGS.task == "depth":
-            result = evaluate_depth_task(model, config)
+            depth_fn = inference.load_depth_fn(FLAGS.checkpoint, FLAGS.batch_size)
+            result = evaluate_depth_task(depth_fn)
+            result["model"] = depth_fn.description
         else:
+            inference.check_run_folder(FLAGS.checkpoint)
+            model, config = checkpoint.load_model(FLAGS.checkpoint)
             result = evaluate_pose_task(model, config)
     except (BadInputError, FileNotFoundError, ValueError) as error:
         exit_with_error(str(error), 2)

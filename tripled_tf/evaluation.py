@@ -2,7 +2,6 @@
 ``python -m tripled_tf.evaluate`` and the before/after figures of a training run)."""
 from __future__ import annotations
 
-import weakref
 from typing import Dict, Optional, Sequence
 
 import cv2
@@ -10,38 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tripled_tf import metrics
-
-# One compiled σ_0 function per model: a training run evaluates the same model many times
-# (--eval_every), and a fresh tf.function per call would retrace every time.
-_PREDICT_FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _predict_function(model):
-    function = _PREDICT_FUNCTIONS.get(model)
-    if function is None:
-        model_ref = weakref.ref(model)  # a strong reference here would keep the model alive forever
-        function = tf.function(lambda x: model_ref()(x, training=False)[0], reduce_retracing=True)
-        _PREDICT_FUNCTIONS[model] = function
-    return function
-
-
-def predict_disparities(model, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
-    """The finest sigmoid disparity σ_0 for frames, in inference mode.
-
-    Args:
-      model: a depth model whose call returns the multi-scale disparities, finest first.
-      images: [N, H, W, 3] float32 in [0, 1].
-    Returns:
-      [N, H/2, W/2] float32 σ_0 (the evaluation resizes it once, straight to the ground truth's size).
-    """
-    images = np.asarray(images, np.float32)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images: expected [N, H, W, 3], got shape {list(images.shape)}")
-    predict = _predict_function(model)
-    out = [predict(tf.constant(images[i:i + batch_size]))[..., 0].numpy()
-           for i in range(0, len(images), batch_size)]
-    return np.concatenate(out, axis=0)
-
+from tripled_tf.inference import DepthFunction, as_depth_function, predict_disparities  # noqa: F401
 
 def disparity_to_depth_at(disp: np.ndarray, size, min_depth: float, max_depth: float) -> np.ndarray:
     """[h, w] sigmoid disparity -> [H, W] depth at another size: the references resize the *scaled
@@ -54,11 +22,24 @@ def disparity_to_depth_at(disp: np.ndarray, size, min_depth: float, max_depth: f
 
 
 def predict_depths(model, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
-    """[N, H, W] depth at the input resolution (relative scale for monocular models)."""
-    disps = predict_disparities(model, images, batch_size)
-    cfg = model.config
+    """[N, H, W] depth at the input resolution (relative scale for monocular models).
+
+    Args:
+      model: a Keras depth model or a :class:`DepthFunction` (run folder, SavedModel, .tflite).
+    """
+    depth_fn = as_depth_function(model)
+    disps = _disparities(depth_fn, images, batch_size)
     size = np.shape(images)[1:3]
-    return np.stack([disparity_to_depth_at(d, size, cfg.min_depth, cfg.max_depth) for d in disps])
+    return np.stack([disparity_to_depth_at(d, size, depth_fn.min_depth, depth_fn.max_depth)
+                     for d in disps])
+
+
+def _disparities(depth_fn: DepthFunction, images, batch_size: int) -> np.ndarray:
+    disps = []
+    for start in range(0, len(images), batch_size):
+        disps.append(np.asarray(depth_fn.predict(np.asarray(images[start:start + batch_size],
+                                                            np.float32))))
+    return np.concatenate(disps, axis=0)
 
 
 def evaluate_depth(model, images: np.ndarray, gt_depths: Sequence[np.ndarray], crop: Optional[str] = None,
@@ -67,6 +48,7 @@ def evaluate_depth(model, images: np.ndarray, gt_depths: Sequence[np.ndarray], c
     """Mean depth errors over frames, Monodepth2's protocol (per-image median scaling, cap, crop).
 
     Args:
+      model: a Keras depth model or a :class:`DepthFunction` (run folder, SavedModel, .tflite).
       images: [N, H, W, 3] in [0, 1] at the model's input size.
       gt_depths: N ground-truth maps, [h, w] or [h, w, 1] metres (0 = unknown), each at any size (KITTI:
         the native camera size); the prediction is resized to it.
@@ -77,13 +59,13 @@ def evaluate_depth(model, images: np.ndarray, gt_depths: Sequence[np.ndarray], c
     """
     if len(gt_depths) != len(images):
         raise ValueError(f"{len(images)} images but {len(gt_depths)} ground-truth maps")
-    disps = predict_disparities(model, images, batch_size)
-    cfg = model.config
+    depth_fn = as_depth_function(model)
+    disps = _disparities(depth_fn, images, batch_size)
     accumulator = metrics.DepthMetricAccumulator(min_depth, max_depth, crop, median_scaling)
     for gt, disp in zip(gt_depths, disps):
         gt = np.asarray(gt, np.float32)
         gt = gt[..., 0] if gt.ndim == 3 else gt
-        accumulator.add(gt, disparity_to_depth_at(disp, gt.shape, cfg.min_depth, cfg.max_depth))
+        accumulator.add(gt, disparity_to_depth_at(disp, gt.shape, depth_fn.min_depth, depth_fn.max_depth))
     result = accumulator.mean()
     result["ratio_median"], result["ratio_std"] = accumulator.ratio_stats()
     result["num_images"] = len(accumulator)

@@ -4,7 +4,7 @@
 
 ``--input`` is one image, a folder of PNG/JPEG images (natural order: ``frame_2`` before ``frame_10``)
 or a video file OpenCV decodes (mp4, avi, mkv, ...). ``--checkpoint`` is a training run folder
-(``config.json`` + ``checkpoints/``). Each frame is resized to the model's input size (the training size
+(``config.json`` + ``checkpoints/``), an exported SavedModel or a .tflite file. Each frame is resized to the model's input size (the training size
 unless ``--height/--width`` say otherwise; multiples of 32), predicted, and the result resized back to
 the frame's ORIGINAL size. Per frame, ``--output_dir`` receives
 
@@ -36,8 +36,10 @@ original frames, or ``--calib=FILE`` (the calibration formats of ``tripled_tf.da
 default the KITTI-like normalised intrinsics the networks are trained with (fx = 0.58 W, fy = 1.92 H,
 cx = 0.5 W, cy = 0.5 H of each frame) - a stand-in, stated in predictions.json.
 
-Models: :func:`load_depth_fn` is the one place that turns a path into a depth function; it reads
-training run folders today, and is where exported SavedModel / TFLite files will plug in.
+Models: ``--checkpoint`` is a training run folder, an exported SavedModel folder or a .tflite file
+(``python -m tripled_tf.export``); :func:`tripled_tf.inference.load_depth_fn` tells them apart. Exported
+models run at their exported size only (no ``--height/--width``). Frames are resized to the model's
+size as the training pipeline resizes them (lanczos3 with antialiasing, ``edge.resample``).
 
 Bad input (missing or unreadable file, empty folder, a video OpenCV cannot open, a missing
 checkpoint, a size that is not a multiple of 32) stops the run with one line ``error: ...`` naming the
@@ -52,7 +54,7 @@ import os
 import pathlib
 import sys
 import time
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -63,6 +65,7 @@ from tripled_tf import checkpoint as run_folder  # noqa: E402  (numpy only; no T
 from tripled_tf import visualize  # noqa: E402
 from tripled_tf.cli import exit_with_error  # noqa: E402
 from tripled_tf.data.records import BadInputError  # noqa: E402
+from tripled_tf.inference import DepthFunction, check_model_path, load_depth_fn  # noqa: E402,F401
 from tripled_tf.data.video import (IMAGE_EXTENSIONS, Calibration, check_frame_file,  # noqa: E402
                                    list_frame_files, load_calibration)
 
@@ -319,82 +322,6 @@ def write_ply(path, points: np.ndarray, colors: np.ndarray, binary: bool = True,
 # Models
 
 
-class DepthFunction(NamedTuple):
-    """What prediction needs from a model, whatever its format.
-
-    Attributes:
-      predict: images [N, H, W, 3] float32 in [0, 1] at the model's input size -> [N, h, w] float32
-        sigmoid disparity σ in [0, 1] (h, w: the network's output size, here H/2 x W/2).
-      input_size: (height, width) the model was trained at, pixels (multiples of 32).
-      min_depth, max_depth: the depths σ = 1 and σ = 0 map to (the network's units).
-      description: what was loaded (for predictions.json).
-      any_size: whether ``predict`` accepts other input sizes (multiples of 32) than ``input_size``.
-    """
-    predict: Callable[[np.ndarray], np.ndarray]
-    input_size: Tuple[int, int]
-    min_depth: float
-    max_depth: float
-    description: str = ""
-    any_size: bool = True
-
-
-def _training_size(config: Dict) -> Tuple[int, int]:
-    return int(config["train"]["height"]), int(config["train"]["width"])
-
-
-def check_checkpoint_path(path) -> pathlib.Path:
-    """Cheap checks of a ``--checkpoint`` before TensorFlow is imported; raises BadInputError."""
-    path = pathlib.Path(path)
-    how = "expected a training run folder holding config.json and checkpoints/"
-    if not path.exists():
-        raise BadInputError(path, f"checkpoint not found ({how})")
-    if (path.is_file() and path.suffix.lower() == ".tflite") or (path / "saved_model.pb").is_file():
-        raise BadInputError(path, f"TFLite / SavedModel files are not supported yet ({how})")
-    if not path.is_dir():
-        raise BadInputError(path, f"not a checkpoint ({how})")
-    if not (path / run_folder.CONFIG_FILE).is_file():
-        raise BadInputError(path, f"not a tripled_tf run folder: no {run_folder.CONFIG_FILE} ({how})")
-    try:
-        _training_size(run_folder.read_config(path))
-        found = run_folder.latest_checkpoint(path)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise BadInputError(path, f"unreadable run folder: {error}") from None
-    if found is None:
-        raise BadInputError(path, f"no checkpoint in {run_folder.CHECKPOINT_DIR}/ (the training run did "
-                                  "not save one yet)")
-    if not pathlib.Path(found["weights"]).is_file():
-        raise BadInputError(found["weights"], "checkpoint weights file missing")
-    return path
-
-
-def load_depth_fn(path, batch_size: int = 8) -> DepthFunction:
-    """A depth function from a saved model: the one place model formats are told apart.
-
-    Args:
-      path: a training run folder (config.json + checkpoints/). SavedModel / TFLite exports will be
-        accepted here too.
-      batch_size: frames per forward pass.
-    Returns:
-      :class:`DepthFunction`; for a run folder the training size, the model config's min/max depth,
-      and a predict that accepts any multiple-of-32 size.
-    Raises:
-      BadInputError naming the path: missing, not a run folder, no checkpoint, weights that do not load.
-    """
-    path = check_checkpoint_path(path)
-    from tripled_tf.evaluation import predict_disparities
-
-    try:
-        model, config = run_folder.load_model(path)
-    except (OSError, ValueError, KeyError) as error:
-        raise BadInputError(path, f"cannot load the checkpoint: {error}") from None
-    step = (run_folder.latest_checkpoint(path) or {}).get("step")
-    return DepthFunction(
-        predict=lambda images: predict_disparities(model, images, batch_size),
-        input_size=_training_size(config),
-        min_depth=float(model.config.min_depth), max_depth=float(model.config.max_depth),
-        description=f"{path} ({config['train'].get('model', 'baseline')}, step {step})")
-
-
 def check_input_size(height: int, width: int) -> Tuple[int, int]:
     """(height, width) if both are positive multiples of 32, else PredictError saying what to use."""
     if height <= 0 or width <= 0 or height % STRIDE or width % STRIDE:
@@ -605,14 +532,11 @@ class _Progress:
 
 
 def _to_model_input(bgr: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    """[H, W, 3] uint8 BGR -> [h, w, 3] float32 RGB in [0, 1] at the model's input size."""
-    height, width = size
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    if rgb.shape[:2] != (height, width):
-        # area averaging when shrinking (no aliasing), bilinear when enlarging
-        shrink = height <= rgb.shape[0] and width <= rgb.shape[1]
-        rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return rgb.astype(np.float32) / 255.0
+    """[H, W, 3] uint8 BGR -> [h, w, 3] float32 RGB in [0, 1] at the model's input size, resized as the
+    training pipeline resizes frames (the edge runtime does the same)."""
+    from edge.resample import prepare_image
+
+    return prepare_image(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size)
 
 
 def _side_by_side(bgr: np.ndarray, colour_rgb: np.ndarray) -> np.ndarray:
@@ -801,8 +725,8 @@ def define_flags(flag_values=None) -> None:
     fv = flag_values or flags.FLAGS
     flags.DEFINE_string("input", None, "An image, a folder of PNG/JPEG images (natural order) or a "
                         "video file.", flag_values=fv)
-    flags.DEFINE_string("checkpoint", None, "A training run folder (config.json + checkpoints/).",
-                        flag_values=fv)
+    flags.DEFINE_string("checkpoint", None, "A training run folder (config.json + checkpoints/), an "
+                        "exported SavedModel folder or a .tflite file.", flag_values=fv)
     flags.DEFINE_string("output_dir", None, "Folder for <stem>_depth.png, <stem>_disp.npy, "
                         "<stem>_depth.npy [, <stem>.ply, <video>_depth.mp4] and predictions.json.",
                         flag_values=fv)
@@ -845,7 +769,7 @@ def run_from_flags(FLAGS) -> Dict:
     if FLAGS.batch_size < 1:
         raise PredictError(f"--batch_size must be >= 1, got {FLAGS.batch_size}")
     intrinsics = resolve_intrinsics(FLAGS.fx, FLAGS.fy, FLAGS.cx, FLAGS.cy, FLAGS.calib)
-    check_checkpoint_path(FLAGS.checkpoint)
+    check_model_path(FLAGS.checkpoint)
     source = FrameSource(FLAGS.input)
     try:
         side_by_side = FLAGS.side_by_side if FLAGS.side_by_side is not None else source.kind == "video"

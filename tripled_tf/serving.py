@@ -1,0 +1,185 @@
+"""The depth branch as a SavedModel: signatures for TensorFlow Serving and the TFLite converter.
+
+Only the depth path is exported (encoder -> feature split -> depth decoder -> σ_0); the pose net, the
+appearance branch and every loss stay behind. Signatures of an exported SavedModel:
+
+``serving_default(images)``
+    images: ``[B, H, W, 3]`` float32 RGB in [0, 1], any H and W (a batch shares one size).
+    Returns ``disparity`` and ``depth``, both ``[B, H, W, 1]`` float32 at the input size, in the
+    network's units (relative scale for a monocular model: median-scale it, or use a known camera
+    height as ``python -m tripled_tf.predict --camera_height`` does).
+``serving_encoded(encoded)``
+    encoded: ``[B]`` string, JPEG or PNG bytes (TensorFlow Serving's REST ``{"b64": ...}``); one size
+    per request. Same outputs.
+``model_input(images)``
+    images: ``[B, h, w, 3]`` at the network's input size (the training size) -> ``disparity``
+    ``[B, h/2, w/2, 1]``: the network's own output, no resampling (used by the evaluation).
+
+Preparation matches training exactly: frames are resized to the network's size with lanczos3 and
+antialiasing then clipped to [0, 1] (the tf.data pipeline's default), and the half-resolution
+disparity is resized bilinearly (half-pixel centres) to the input size before inversion, the
+references' evaluation recipe (METHOD.md §7). Metadata (sizes, normalisation, depth range,
+intrinsics) is written to ``assets.extra/tripled_tf.json``, where Serving ignores it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Dict, Optional
+
+import keras
+import tensorflow as tf
+
+from tripled_tf.models.layers import reflect_padding_by_concatenation
+
+SERVING_SIGNATURE = "serving_default"
+ENCODED_SIGNATURE = "serving_encoded"
+MODEL_INPUT_SIGNATURE = "model_input"
+METADATA_PATH = os.path.join("assets.extra", "tripled_tf.json")
+OUTPUT_STRIDE = 2  # σ_0 is at half the input resolution
+FORMAT_VERSION = 1
+# KITTI's normalised intrinsics (fx/W, fy/H, cx/W, cy/H), the default of the synthetic and KITTI data.
+KITTI_NORMALISED_INTRINSICS = (0.58, 1.92, 0.5, 0.5)
+
+
+def export_metadata(model, config: dict, step: Optional[int] = None) -> Dict:
+    """What a deployment needs to know about the network (JSON-serialisable).
+
+    Args:
+      model: the trained depth model (its ``config`` gives min/max depth and the encoder).
+      config: the run's config.json ("train" and "model").
+      step: the checkpoint's optimiser step.
+    """
+    train = config.get("train", {})
+    height, width = int(train["height"]), int(train["width"])
+    if train.get("intrinsics"):
+        intrinsics = {"source": "--fx/--fy/--cx/--cy of the training video (pixels of its frames)",
+                      "fx_fy_cx_cy": list(train["intrinsics"])}
+    elif train.get("calibration"):
+        intrinsics = {"source": f"calibration file {train['calibration']}"}
+    elif train.get("use_calibration"):
+        intrinsics = {"source": "KITTI per-drive calibration (P_rect_02 / S_rect_02)"}
+    else:
+        intrinsics = {"source": "KITTI normalised intrinsics (the default)",
+                      "normalised_fx_fy_cx_cy": list(KITTI_NORMALISED_INTRINSICS)}
+    return {
+        "format": "tripled_tf depth", "format_version": FORMAT_VERSION,
+        "model": train.get("model", "baseline"), "step": step, "dataset": train.get("dataset"),
+        "input_height": height, "input_width": width,
+        "input": "RGB float32 in [0, 1] (uint8 / 255); the network normalises internally, (x - 0.45) / 0.225",
+        "resize": "lanczos3 with antialiasing, then clip to [0, 1] (tf.image.resize; edge.resample in numpy)",
+        "output": "disparity = 1 / depth, at 1/2 of the input size",
+        "output_stride": OUTPUT_STRIDE,
+        "min_depth": float(model.config.min_depth), "max_depth": float(model.config.max_depth),
+        "depth_scale": ("relative: a monocular network's depth has an unknown global scale (median-scale "
+                        "against ground truth, or fix it with a known camera height)"),
+        "intrinsics": intrinsics,
+    }
+
+
+def _disparity_of_sigma(sigma, min_depth: float, max_depth: float):
+    min_disp, max_disp = 1.0 / max_depth, 1.0 / min_depth
+    return min_disp + (max_disp - min_disp) * sigma
+
+
+def _prepare(images, height: int, width: int):
+    resized = tf.image.resize(images, (height, width), method="lanczos3", antialias=True)
+    return tf.clip_by_value(resized, 0.0, 1.0)
+
+
+def build_archive(model, height: int, width: int, batch_size: Optional[int] = None,
+                  serving: bool = True) -> keras.export.ExportArchive:
+    """An ExportArchive of the depth branch.
+
+    Args:
+      model: a built depth model whose call returns ``[σ_0, ...]`` for ``[B, h, w, 3]`` input.
+      height, width: the network's input size.
+      batch_size: fixes the batch dimension of ``model_input`` (1 for the TFLite converter, whose GPU
+        delegate needs static shapes); None = any.
+      serving: add ``serving_default`` and ``serving_encoded`` (not wanted for TFLite conversion).
+    """
+    min_depth, max_depth = float(model.config.min_depth), float(model.config.max_depth)
+
+    def network(images):
+        sigma = tf.cast(model(images, training=False)[0], tf.float32)
+        return _disparity_of_sigma(sigma, min_depth, max_depth)
+
+    def at_input_size(prepared, size):
+        disparity = tf.image.resize(network(prepared), size, method="bilinear")
+        return {"disparity": disparity, "depth": 1.0 / disparity}
+
+    def serve_images(images):
+        # Signatures do not enforce their shapes at call time: check rank and channels here.
+        tf.debugging.assert_equal(tf.rank(images), 4,
+                                  message="images: expected rank 4, [batch, height, width, 3]")
+        tf.debugging.assert_equal(tf.shape(images)[-1], 3,
+                                  message="images: expected 3 channels (RGB), [batch, height, width, 3]")
+        values = tf.concat([tf.reshape(images, [-1]), [0.5]], axis=0)  # an empty batch passes
+        tf.debugging.assert_greater_equal(
+            tf.reduce_min(values), -1e-3,
+            message="images: expected float32 RGB in [0, 1] (uint8 / 255), found values below 0")
+        tf.debugging.assert_less_equal(
+            tf.reduce_max(values), 1.0 + 1e-3,
+            message="images: expected float32 RGB in [0, 1] (uint8 / 255), found values above 1")
+        return at_input_size(_prepare(images, height, width), tf.shape(images)[1:3])
+
+    def decode_one(data):
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image = tf.cast(image, tf.float32) / 255.0
+        return _prepare(image[None], height, width)[0], tf.shape(image)[:2]
+
+    def serve_encoded(encoded):
+        prepared, sizes = tf.map_fn(
+            decode_one, encoded,
+            fn_output_signature=(tf.TensorSpec([height, width, 3], tf.float32),
+                                 tf.TensorSpec([2], tf.int32)))
+        tf.debugging.assert_equal(sizes, tf.broadcast_to(sizes[:1], tf.shape(sizes)),
+                                  message="encoded: all images of one request must have the same size")
+        return at_input_size(prepared, sizes[0])
+
+    def model_input(images):
+        return {"disparity": network(images)}
+
+    endpoints = [(MODEL_INPUT_SIGNATURE, model_input,
+                  tf.TensorSpec([batch_size, height, width, 3], tf.float32, name="images"))]
+    if serving:
+        endpoints += [
+            (SERVING_SIGNATURE, serve_images, tf.TensorSpec([None, None, None, 3], tf.float32,
+                                                            name="images")),
+            (ENCODED_SIGNATURE, serve_encoded, tf.TensorSpec([None], tf.string, name="encoded"))]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for name, function, spec in endpoints:
+        archive.add_endpoint(name, function, input_signature=[spec])
+    return archive
+
+
+def write_saved_model(archive: keras.export.ExportArchive, output, metadata: Dict) -> str:
+    """Writes the archive to ``output`` (a folder) atomically: a temporary sibling renamed into place,
+    so an interrupted export never leaves a folder that looks complete."""
+    output = pathlib.Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        target = staging / "saved_model"
+        with reflect_padding_by_concatenation():  # the endpoints are traced while saving
+            archive.write_out(str(target), verbose=False)
+        (target / METADATA_PATH).parent.mkdir(parents=True, exist_ok=True)
+        (target / METADATA_PATH).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(target, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(output)
+
+
+def read_metadata(saved_model_dir) -> Dict:
+    """The metadata :func:`write_saved_model` stored; FileNotFoundError when absent."""
+    path = pathlib.Path(saved_model_dir) / METADATA_PATH
+    if not path.is_file():
+        raise FileNotFoundError(f"{saved_model_dir}: not a tripled_tf SavedModel (no {METADATA_PATH})")
+    return json.loads(path.read_text())
