@@ -257,7 +257,7 @@ def test_odometry_sequence_reads_poses_and_frames(tmp_path, shared_data):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--checkpoint=/nonexistent/run"], "does not exist"),
+    (["--checkpoint=/nonexistent/run"], "checkpoint not found"),
     (["--dataset=kitti", "--data_path=/nonexistent/kitti"], "KITTI data folder does not exist"),
 ])
 def test_cli_bad_input_is_one_error_line(run_dir, tmp_path, args, message):

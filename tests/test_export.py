@@ -325,6 +325,20 @@ def test_predict_accepts_a_tflite_file(tflite_models, tmp_path, keras_run):
     assert proc.returncode == 2 and "drop --height/--width" in proc.stderr
 
 
+def test_edge_bench_reports_latency_and_abs_rel_per_model(demo_run, tflite_models, tmp_path):
+    proc = _module("edge.bench", [f"--checkpoint={demo_run}", f"--model={tflite_models['int8']['path']}",
+                                  "--num_samples=2", "--runs=2", "--threads=1"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = _last_json(proc.stdout)
+    models = result["models"]
+    assert set(models) == {"keras fp32", "keras fp32 eager", "depth_int8.tflite"}
+    for values in models.values():
+        assert values["latency_median_s"] > 0 and values["latency_p90_s"] >= values["latency_median_s"]
+        assert 0 < values["abs_rel"] < 10
+    assert models["keras fp32"]["abs_rel_change"] == 0
+    assert models["depth_int8.tflite"]["end_to_end_median_s"] > 0
+
+
 # ------------------------------------------------------------------------------------------------
 # ONNX (optional) and bad input
 

@@ -11,6 +11,7 @@ import tensorflow as tf
 from tripled_tf import metrics
 from tripled_tf.inference import DepthFunction, as_depth_function, predict_disparities  # noqa: F401
 
+
 def disparity_to_depth_at(disp: np.ndarray, size, min_depth: float, max_depth: float) -> np.ndarray:
     """[h, w] sigmoid disparity -> [H, W] depth at another size: the references resize the *scaled
     disparity* bilinearly (half-pixel) to the ground truth's size, then invert (METHOD.md §7)."""

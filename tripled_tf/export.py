@@ -23,7 +23,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "A training run folder (config.json + checkpoints/).")
@@ -45,6 +45,7 @@ flags.DEFINE_integer("opset", 17, "ONNX opset.")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # TensorFlow's SavedModel writer logs every step at INFO
     if not FLAGS.checkpoint or not FLAGS.output:
         raise app.UsageError("--checkpoint (a training run folder) and --output are required")
     from tripled_tf import deploy
