@@ -27,16 +27,10 @@ def repo_root() -> pathlib.Path:
 # process. Each file is a group (its module fixtures are then built once), except the two longest
 # files, whose tests are spread one by one so that neither process waits on a single file.
 SPREAD_FILES = {"test_trainer.py", "test_configs.py"}
-# The scheduler hands out groups in collection order, so the longest ones go first and the many short
-# files fill the gaps at the end (otherwise one process runs a long file alone at the end).
-LONG_FILES_FIRST = ("test_export.py", "test_trainer.py", "test_configs.py", "test_predict.py",
-                    "test_evaluate.py")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONG_FILES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
     for item in items:
         if item.path.name not in SPREAD_FILES and not any(item.iter_markers("xdist_group")):
             item.add_marker(pytest.mark.xdist_group(item.path.stem))

@@ -82,7 +82,6 @@ def _keras_at_input_size(run, images):
 
 @pytest.fixture(scope="module")
 def saved_model(demo_run, tmp_path_factory):
-    """The CLI's SavedModel (the one success run of the export command itself in this file)."""
     out = tmp_path_factory.mktemp("saved") / "depth" / "1"
     proc = _module("tripled_tf.export", [f"--checkpoint={demo_run}", "--format=saved_model",
                                          f"--output={out}"], demo_run.parent)
