@@ -20,6 +20,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 
+from edge import gpu_compat
 from edge import metadata as tflite_metadata
 
 QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8")
@@ -32,7 +33,7 @@ def _output_head_tensor_names(float_model: bytes) -> List[str]:
 
     model = schema.ModelT.InitFromPackedBuf(float_model, 0)
     graph = model.subgraphs[0]
-    codes = [_op_name(code) for code in model.operatorCodes]
+    codes = gpu_compat.opcode_names(model)
     producer = {}
     for op in graph.operators:
         for index in op.outputs:
@@ -45,14 +46,6 @@ def _output_head_tensor_names(float_model: bytes) -> List[str]:
             break
         tensor = op.inputs[0]
     return names
-
-
-def _op_name(code) -> str:
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    value = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    return names.get(value, f"BUILTIN_{value}")
 
 
 def convert(saved_model_dir: str, quantize: str = "none",

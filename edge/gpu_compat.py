@@ -52,14 +52,22 @@ def _enum_names(enum_class) -> Dict[int, str]:
     return {v: k for k, v in vars(enum_class).items() if not k.startswith("_")}
 
 
+def opcode_names(tree) -> List[str]:
+    """Builtin operator name of each entry of a ``schema.ModelT``'s operator codes ("CUSTOM" for
+    custom ones); ops older than the extended-code schema keep theirs in ``deprecatedBuiltinCode``."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    names = _enum_names(schema.BuiltinOperator)
+    return [names.get(max(int(c.builtinCode), int(c.deprecatedBuiltinCode)), "CUSTOM")
+            for c in tree.operatorCodes]
+
+
 def operator_list(model: bytes) -> List[str]:
     """Builtin operator names of the main subgraph, in execution order."""
     from tensorflow.lite.python import schema_py_generated as schema
 
     tree = schema.ModelT.InitFromPackedBuf(model, 0)
-    names = _enum_names(schema.BuiltinOperator)
-    codes = [names.get(max(int(c.builtinCode), int(c.deprecatedBuiltinCode)), "?")
-             for c in tree.operatorCodes]
+    codes = opcode_names(tree)
     return [codes[op.opcodeIndex] for op in tree.subgraphs[0].operators]
 
 
@@ -68,7 +76,7 @@ def gpu_incompatibilities(model: bytes) -> List[str]:
     from tensorflow.lite.python import schema_py_generated as schema
 
     tree = schema.ModelT.InitFromPackedBuf(model, 0)
-    op_names = _enum_names(schema.BuiltinOperator)
+    codes = opcode_names(tree)
     type_names = _enum_names(schema.TensorType)
     problems: List[str] = []
     if len(tree.subgraphs) != 1:
@@ -97,7 +105,7 @@ def gpu_incompatibilities(model: bytes) -> List[str]:
 
     for position, op in enumerate(graph.operators):
         code = tree.operatorCodes[op.opcodeIndex]
-        name = op_names.get(max(int(code.builtinCode), int(code.deprecatedBuiltinCode)), "CUSTOM")
+        name = codes[op.opcodeIndex]
         where = f"op {position} {name}"
         if name not in GPU_OPS:
             problems.append(f"{where}: not supported by the GPU delegate")

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from edge import metadata as tflite_metadata
-from tripled_tf import checkpoint, deploy, inference, serving
+from tripled_tf import deploy, inference, serving
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 64, 192

@@ -75,7 +75,6 @@ def calibration_frames(config: dict, height: int, width: int, count: int,
       each call: the converter may iterate more than once).
     """
     from tripled_tf import training
-    from tripled_tf.data import pipeline
 
     train = dict(config["train"])
     known = {f.name for f in dataclasses.fields(training.TrainConfig)}

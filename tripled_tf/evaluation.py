@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tripled_tf import metrics
-from tripled_tf.inference import DepthFunction, as_depth_function, predict_disparities  # noqa: F401
+from tripled_tf.inference import DepthFunction, as_depth_function
 
 
 def disparity_to_depth_at(disp: np.ndarray, size, min_depth: float, max_depth: float) -> np.ndarray:
