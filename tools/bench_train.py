@@ -19,6 +19,9 @@ its loss fetched to the host so the time covers the finished step. Extra flags:
   --steps   timed steps (default 5)
   --warmup  untimed steps after the first traced call (default 1)
   --threads TensorFlow intra- and inter-op threads (default 2; 0 = TensorFlow's default)
+  --serve   after the first step and the warm-up, print {"ready": true, ...}, then answer lines on
+            stdin: "steps N" runs N timed steps and prints {"step_s": [...], "loss": x}; "quit" ends
+            with the JSON below (tools/bench_compare.py interleaves several such processes)
 
 Progress lines go to stdout; the LAST line is one JSON object:
   images_per_s     batch_size / step_s_median (frame triplets per second)
@@ -70,6 +73,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("warmup", 1, "Untimed steps after the first (tracing) call.", lower_bound=0)
     flags.DEFINE_integer("threads", 2, "TensorFlow intra- and inter-op threads (0 = TensorFlow's "
                          "default).", lower_bound=0)
+    flags.DEFINE_integer("inter_op_threads", None, "TensorFlow inter-op threads, if not --threads.",
+                         lower_bound=0)
+    flags.DEFINE_bool("serve", False, "Answer the line protocol of tools/bench_compare.py on stdin "
+                      "instead of timing --steps steps (progress then goes to stderr).")
 
 
 # ------------------------------------------------------------------------------- pure helpers
@@ -115,13 +122,16 @@ def random_init(config: Any) -> Any:
 # ------------------------------------------------------------------------------ TensorFlow side
 
 
-def set_threads(threads: int) -> None:
-    """Fixes TensorFlow's thread pools; must run before TensorFlow executes any op."""
+def set_threads(threads: int, inter_op_threads: int | None = None) -> None:
+    """Fixes TensorFlow's thread pools (inter-op = ``threads`` unless given); must run before
+    TensorFlow executes any op."""
     import tensorflow as tf
 
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    inter_op_threads = threads if inter_op_threads is None else inter_op_threads
+    if inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
 
 
 def device_name() -> str:
@@ -186,10 +196,33 @@ def run_step(model, iterator) -> Tuple[float, float]:
     return time.perf_counter() - start, loss
 
 
+def say(message: str) -> None:
+    """A progress line: stdout, or stderr under --serve (stdout then carries the protocol)."""
+    print(message, file=sys.stderr if FLAGS.serve else sys.stdout, flush=True)
+
+
+def serve(model, iterator, step_times: list, first_step_s: float) -> float:
+    """The line protocol of --serve; appends the timed steps to ``step_times``, returns the last loss."""
+    print(json.dumps({"ready": True, "first_step_s": round(first_step_s, 3)}), flush=True)
+    loss = float("nan")
+    for line in sys.stdin:
+        command = line.split()
+        if command[:1] == ["steps"]:
+            times = []
+            for _ in range(int(command[1])):
+                seconds, loss = run_step(model, iterator)
+                times.append(seconds)
+            step_times += times
+            print(json.dumps({"step_s": times, "loss": loss}), flush=True)
+        elif command[:1] == ["quit"]:
+            break
+    return loss
+
+
 def main(argv: Sequence[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    set_threads(FLAGS.threads)  # first: before any TensorFlow op runs
+    set_threads(FLAGS.threads, FLAGS.inter_op_threads)  # first: before any TensorFlow op runs
 
     import keras
     import tensorflow as tf
@@ -205,15 +238,15 @@ def main(argv: Sequence[str]) -> int:
     device = device_name()
     policy = apply_precision(train_config)
     keras.utils.set_random_seed(train_config.seed)
-    print(f"bench_train: {type(model_config).__name__} depth_layers={model_config.depth_layers} "
+    say(f"bench_train: {type(model_config).__name__} depth_layers={model_config.depth_layers} "
           f"{train_config.width}x{train_config.height} batch {train_config.batch_size}, "
           f"{FLAGS.threads or 'default'} threads, jit_compile={train_config.jit_compile}, "
-          f"policy {policy}, device {device}", flush=True)
+          f"policy {policy}, device {device}")
 
     start = time.perf_counter()
     batch = one_batch(train_config, model_config)
     data_s = time.perf_counter() - start
-    print(f"data: one synthetic batch in {data_s:.2f} s", flush=True)
+    say(f"data: one synthetic batch in {data_s:.2f} s")
 
     start = time.perf_counter()
     model = training.build_model(train_config, model_config)
@@ -222,31 +255,37 @@ def main(argv: Sequence[str]) -> int:
     model.optimizer.build(model.trainable_variables)
     model.make_train_function()
     build_s = time.perf_counter() - start
-    print(f"model: {type(model).__name__}, {model.count_params():,} parameters, built in "
-          f"{build_s:.2f} s", flush=True)
+    say(f"model: {type(model).__name__}, {model.count_params():,} parameters, built in "
+        f"{build_s:.2f} s")
 
     iterator = repeated_batches(batch)
     first_step_s, loss = run_step(model, iterator)
-    print(f"first step (trace{' + XLA compile' if model.jit_compile else ''}): {first_step_s:.2f} s, "
-          f"loss {loss:.4f}", flush=True)
+    say(f"first step (trace{' + XLA compile' if model.jit_compile else ''}): {first_step_s:.2f} s, "
+        f"loss {loss:.4f}")
     for index in range(FLAGS.warmup):
         seconds, loss = run_step(model, iterator)
-        print(f"warm-up {index + 1}/{FLAGS.warmup}: {seconds:.3f} s, loss {loss:.4f}", flush=True)
+        say(f"warm-up {index + 1}/{FLAGS.warmup}: {seconds:.3f} s, loss {loss:.4f}")
     step_times = []
-    for index in range(FLAGS.steps):
+    if FLAGS.serve:
+        loss = serve(model, iterator, step_times, first_step_s)
+    for index in range(0 if FLAGS.serve else FLAGS.steps):
         seconds, loss = run_step(model, iterator)
         step_times.append(seconds)
-        print(f"step {index + 1}/{FLAGS.steps}: {seconds:.3f} s, loss {loss:.4f}", flush=True)
+        say(f"step {index + 1}/{FLAGS.steps}: {seconds:.3f} s, loss {loss:.4f}")
+    if not step_times:
+        raise app.UsageError("no step was timed (--serve ended before any 'steps N')")
 
     summary = summarize(step_times, train_config.batch_size)
     finite = math.isfinite(loss)
-    print(f"{summary['images_per_s']:.2f} images/s (median step {summary['step_s_median']:.3f} s)"
-          + ("" if finite else "  WARNING: the loss is not finite"), flush=True)
+    say(f"{summary['images_per_s']:.2f} images/s (median step {summary['step_s_median']:.3f} s)"
+        + ("" if finite else "  WARNING: the loss is not finite"))
     result = dict(summary, first_step_s=round(first_step_s, 3), build_s=round(build_s, 3),
                   data_s=round(data_s, 3), peak_rss_gib=peak_rss_gib(), model=type(model).__name__,
                   height=train_config.height, width=train_config.width,
-                  batch_size=train_config.batch_size, steps=FLAGS.steps, warmup=FLAGS.warmup,
-                  threads=FLAGS.threads, depth_layers=model_config.depth_layers,
+                  batch_size=train_config.batch_size, warmup=FLAGS.warmup,
+                  steps=len(step_times), threads=FLAGS.threads,
+                  depth_layers=model_config.depth_layers,
+                  depth_decoder=getattr(model_config, "depth_decoder", None),
                   jit_compile=bool(model.jit_compile), dtype_policy=policy)
     if hasattr(train_config, "mixed_precision"):
         result["mixed_precision"] = train_config.mixed_precision

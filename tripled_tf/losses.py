@@ -153,14 +153,28 @@ def smoothness_loss(disp, image) -> tf.Tensor:
     """
     disp = checks.as_depth(disp, "disp")
     image = checks.as_images(image, "image")
-    image = _resize_area_to(image, tf.shape(disp)[1:3])
+    image = _resize_area_like(image, disp)
     first, second = edge_aware_terms(disp, image, edge_scale=0.5)
     return first + second
 
 
-def _resize_area_to(image: tf.Tensor, size) -> tf.Tensor:
-    """Area resize (= average pooling for integer factors; the identity at the same size)."""
-    return tf.image.resize(image, size, method="area", antialias=False)
+def _resize_area_like(image: tf.Tensor, reference: tf.Tensor) -> tf.Tensor:
+    """Area resize of ``image`` [B, H, W, C] to the spatial size of ``reference`` [B, h, w, ...]
+    (= average pooling for integer factors; the identity at the same size).
+
+    Sizes known at trace time with one integer factor become an average pooling, which, unlike
+    ResizeArea, has a gradient (TensorFlow differentiates every op of a compiled function, data
+    included) and a oneDNN kernel.
+    """
+    in_h, in_w = image.shape[1], image.shape[2]
+    out_h, out_w = reference.shape[1], reference.shape[2]
+    if None not in (in_h, in_w, out_h, out_w):
+        if (out_h, out_w) == (in_h, in_w):
+            return image
+        if in_h % out_h == 0 and in_w % out_w == 0 and in_h // out_h == in_w // out_w:
+            factor = in_h // out_h
+            return tf.nn.avg_pool2d(image, factor, factor, "VALID")
+    return tf.image.resize(image, tf.shape(reference)[1:3], method="area", antialias=False)
 
 
 def normalize_disparity(disp) -> tf.Tensor:
@@ -196,7 +210,7 @@ def feature_regularization_loss(features, image) -> Tuple[tf.Tensor, tf.Tensor]:
     """
     features = checks.as_float_tensor(features, "features", rank=4)
     image = checks.as_images(image, "image")
-    image = _resize_area_to(image, tf.shape(features)[1:3])
+    image = _resize_area_like(image, features)
     return edge_aware_terms(features, image, edge_scale=1.0)
 
 

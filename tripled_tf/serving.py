@@ -39,7 +39,6 @@ SERVING_SIGNATURE = "serving_default"
 ENCODED_SIGNATURE = "serving_encoded"
 MODEL_INPUT_SIGNATURE = "model_input"
 METADATA_PATH = os.path.join("assets.extra", "tripled_tf.json")
-OUTPUT_STRIDE = 2  # σ_0 is at half the input resolution
 FORMAT_VERSION = 1
 # KITTI's normalised intrinsics (fx/W, fy/H, cx/W, cy/H), the default of the synthetic and KITTI data.
 KITTI_NORMALISED_INTRINSICS = (0.58, 1.92, 0.5, 0.5)
@@ -71,8 +70,8 @@ def export_metadata(model, config: dict, step: Optional[int] = None) -> Dict:
         "input_height": height, "input_width": width,
         "input": "RGB float32 in [0, 1] (uint8 / 255); the network normalises internally, (x - 0.45) / 0.225",
         "resize": "lanczos3 with antialiasing, then clip to [0, 1] (tf.image.resize; edge.resample in numpy)",
-        "output": "disparity = 1 / depth, at 1/2 of the input size",
-        "output_stride": OUTPUT_STRIDE,
+        "output": f"disparity = 1 / depth, at 1/{model.output_stride} of the input size",
+        "output_stride": int(model.output_stride),
         "min_depth": float(model.config.min_depth), "max_depth": float(model.config.max_depth),
         "depth_scale": ("relative: a monocular network's depth has an unknown global scale (median-scale "
                         "against ground truth, or fix it with a known camera height)"),

@@ -101,7 +101,10 @@ flags.DEFINE_float("smoothness_weight", 1e-3, "Edge-aware smoothness weight.")
 flags.DEFINE_bool("automask", True, "Identity auto-masking in the minimum reprojection.")
 flags.DEFINE_enum("sampling", "exact", ["exact", "torch_default"],
                   "Warp sampling: exact pixel centres, or the references' half-pixel-biased grid_sample.")
-flags.DEFINE_float("dropout", 0.5, "Dropout on the depth decoder's level-4/5 inputs.")
+flags.DEFINE_enum("depth_decoder", "featdepth", ["featdepth", "monodepth2"], "Depth decoder of the "
+                  "baseline: FeatDepth's (METHOD.md 2.3, TripleDNet's) or Monodepth2's U-Net.")
+flags.DEFINE_float("dropout", None, "Dropout on the depth decoder's level-4/5 inputs (default: the "
+                   "decoder's reference value, 0.5 for FeatDepth's, none for Monodepth2's).")
 
 # TripleDNet (METHOD.md §1.2, §3.8); ignored with --model=baseline
 flags.DEFINE_list("disentangle_levels", ["0", "0", "0", "0", "1"], "Encoder levels 1..5 whose "
@@ -183,7 +186,7 @@ def configs_from_flags():
         pose_input_size=pose_size, num_scales=FLAGS.num_scales, min_depth=FLAGS.min_depth,
         max_depth=FLAGS.max_depth, ssim_weight=FLAGS.ssim_weight,
         smoothness_weight=FLAGS.smoothness_weight, automask=FLAGS.automask,
-        sampling=FLAGS.sampling, dropout=FLAGS.dropout)
+        sampling=FLAGS.sampling, depth_decoder=FLAGS.depth_decoder, dropout=FLAGS.dropout)
     if FLAGS.model == "baseline":
         return train_config, DepthModelConfig(**common)
     model_config = TripleDConfig(

@@ -91,6 +91,8 @@ class DepthDecoder(keras.Model):
       name, dtype, trainable: as for ``keras.Model``.
     """
 
+    output_stride = 2  # sigma_0 is at half the input resolution
+
     def __init__(self, num_ch_enc: Sequence[int], dropout: float = 0.5, **kwargs):
         super().__init__(**kwargs)
         num_ch_enc = [int(c) for c in num_ch_enc]

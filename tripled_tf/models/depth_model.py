@@ -22,11 +22,13 @@ import tensorflow as tf
 
 from tripled_tf import checks, geometry, losses, visualize
 from tripled_tf.models.depth_decoder import DepthDecoder
+from tripled_tf.models.monodepth2_decoder import Monodepth2Decoder
 from tripled_tf.models.pose_net import PoseNet
 from tripled_tf.models.resnet import ResNetEncoder
 
 SOURCE_KEYS = ("source_prev", "source_next")
 NONFINITE_KEY = "nonfinite_terms"
+DEPTH_DECODERS = ("featdepth", "monodepth2")
 
 
 def nonfinite_term_names(bits: float, terms) -> List[str]:
@@ -66,9 +68,20 @@ class DepthModelConfig:
     automask: bool = True
     identity_noise: float = 1e-5
     sampling: str = "exact"
-    dropout: float = 0.5
+    # "featdepth" (METHOD.md 2.3, sigma_0 at H/2) or "monodepth2" (Monodepth2's U-Net, sigma_0 at H).
+    depth_decoder: str = "featdepth"
+    # On the decoder's level-4/5 inputs; None = the decoder's reference value (FeatDepth 0.5,
+    # Monodepth2 none).
+    dropout: Optional[float] = None
 
     def __post_init__(self):
+        if self.depth_decoder not in DEPTH_DECODERS:
+            raise ValueError(f"depth_decoder must be one of {sorted(DEPTH_DECODERS)}, got "
+                             f"{self.depth_decoder!r}")
+        if self.dropout is None:
+            self.dropout = 0.5 if self.depth_decoder == "featdepth" else 0.0
+        if self.depth_decoder == "monodepth2" and self.dropout:
+            raise ValueError(f"Monodepth2's depth decoder has no dropout; got dropout={self.dropout}")
         if self.pose_input_size is not None:
             self.pose_input_size = tuple(int(v) for v in self.pose_input_size)
         if not 1 <= self.num_scales <= 4:
@@ -95,7 +108,8 @@ class MonoDepthModel(keras.Model):
     """Depth network + pose network trained by view synthesis.
 
     ``call(images)`` returns the multi-scale sigmoid disparities [σ_0 (H/2), σ_1 (H/4), σ_2 (H/8),
-    σ_3 (H/16)], each [B, h, w, 1]; :meth:`predict_depth` gives metric-free depth at the input size.
+    σ_3 (H/16)], each [B, h, w, 1] (with ``depth_decoder="monodepth2"``: H, H/2, H/4, H/8, see
+    :attr:`output_stride`); :meth:`predict_depth` gives metric-free depth at the input size.
     """
 
     # Every scalar compute_losses returns, plus the gradient norm of train_step; logged separately.
@@ -107,8 +121,11 @@ class MonoDepthModel(keras.Model):
             config or {})
         cfg = self.config
         self.encoder = ResNetEncoder(num_layers=cfg.depth_layers, name="depth_encoder")
-        self.depth_decoder = DepthDecoder(self._depth_decoder_channels(), dropout=cfg.dropout,
-                                          name="depth_decoder")
+        if cfg.depth_decoder == "monodepth2":
+            self.depth_decoder = Monodepth2Decoder(self._depth_decoder_channels(), name="depth_decoder")
+        else:
+            self.depth_decoder = DepthDecoder(self._depth_decoder_channels(), dropout=cfg.dropout,
+                                              name="depth_decoder")
         self.pose_net = PoseNet(num_layers=cfg.pose_layers, input_size=cfg.pose_input_size,
                                 name="pose_net")
         # Trackers are created here, not lazily in train_step: variables must not be created while
@@ -118,6 +135,11 @@ class MonoDepthModel(keras.Model):
         self.noise_generator = keras.random.SeedGenerator(name="identity_noise")
         # Per-step health: bit i set = logged_terms[i] was NaN/Inf in the last step (whole batch).
         self._nonfinite_tracker = LastValue(name=NONFINITE_KEY)
+
+    @property
+    def output_stride(self) -> int:
+        """Input size / size of σ_0: 2 for FeatDepth's decoder, 1 for Monodepth2's."""
+        return self.depth_decoder.output_stride
 
     def _depth_decoder_channels(self) -> List[int]:
         """Channels of the 5 levels the depth decoder receives (subclasses that split features differ)."""

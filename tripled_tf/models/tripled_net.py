@@ -83,6 +83,9 @@ class TripleDConfig(DepthModelConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.depth_decoder != "featdepth":
+            raise ValueError("TripleDNet uses FeatDepth's depth decoder (its appearance decoder and "
+                             f"pretext heads are sized for it); got depth_decoder={self.depth_decoder!r}")
         self.disentangle_levels = _bools(self.disentangle_levels, 5, "disentangle_levels")
         self.color_encoder_skips = _bools(self.color_encoder_skips, 4, "color_encoder_skips")
         if self.depth_split not in DEPTH_SPLITS:
