@@ -27,7 +27,10 @@ OVERRIDES = ["--dataset=synthetic", "--height=64", "--width=192", "--batch_size=
              "--encoder_weights=none", "--num_train_samples=2", "--num_val_samples=1",
              "--num_preview=1", "--verbose=0", "--run_eagerly", "--image_summary_every=0",
              # The pose net would otherwise see the references' 192x640 at every tiny step.
-             "--pose_height=0", "--pose_width=0"]
+             "--pose_height=0", "--pose_width=0",
+             # ResNet-50s are tested elsewhere (tests/test_models.py); here they would only add build
+             # and eager-step time to every TripleD config.
+             "--depth_layers=18", "--extractor_layers=18"]
 
 
 def _trainer_flags():

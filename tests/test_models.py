@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tripled_tf.models.depth_decoder import ChainedResidualPooling, DepthDecoder
+from tripled_tf.models.monodepth2_decoder import Monodepth2Decoder
 from tripled_tf.models.layers import (Conv3x3, ConvBlock, TorchInitConv2D, Upsample2x,
                                       upsample_nearest_2x)
 from tripled_tf.models.pose_net import PoseNet
@@ -371,6 +372,36 @@ def test_depth_decoder_parameter_count():
     assert count == reduce + iconv + crp + merge + disp == 8_521_476
 
 
+def test_monodepth2_decoder_scales_and_parameter_count():
+    decoder = Monodepth2Decoder(CHANNELS[18])
+    disparities = decoder(decoder_features(CHANNELS[18], 2, 64, 96))
+    # sigma_s at H/2^s: 64x96, 32x48, 16x24, 8x12; sigmoid outputs.
+    assert [tuple(d.shape) for d in disparities] == [(2, 64 // 2 ** s, 96 // 2 ** s, 1) for s in range(4)]
+    assert all(0.0 < float(tf.reduce_min(d)) and float(tf.reduce_max(d)) < 1.0 for d in disparities)
+    # Monodepth2: widths (16, 32, 64, 128, 256); stage i: upconv_i_0 (c_in -> w_i), upconv_i_1
+    # (w_i + skip_i -> w_i), 3x3 convs with bias; dispconv_s (w_s -> 1) for s = 0..3.
+    widths, encoder = (16, 32, 64, 128, 256), CHANNELS[18]
+    count = 0
+    for i in range(4, -1, -1):
+        c_in = encoder[4] if i == 4 else widths[i + 1]
+        count += 9 * c_in * widths[i] + widths[i]
+        count += 9 * (widths[i] + (encoder[i - 1] if i > 0 else 0)) * widths[i] + widths[i]
+    count += sum(9 * widths[s] + 1 for s in range(4))
+    assert decoder.count_params() == count == 3_152_724  # Monodepth2's ResNet-18 depth decoder
+
+
+def test_monodepth2_decoder_skip_wiring():
+    # Level k feeds stage k+1's skip, so it reaches sigma_s only for s <= k (level 5 is the input).
+    decoder = Monodepth2Decoder(CHANNELS[18])
+    features = decoder_features(CHANNELS[18], 1, 64, 64)
+    base = [d.numpy() for d in decoder(features)]
+    for level in range(1, 5):
+        changed = list(features)
+        changed[level - 1] = features[level - 1] + 1.0
+        moved = [not np.allclose(a, b.numpy()) for a, b in zip(base, decoder(changed))]
+        assert moved == [s <= level for s in range(4)], level
+
+
 def test_depth_decoder_rejects_wrong_features(main_decoder):
     features = decoder_features([64, 256, 512, 1024, 1024], 1, 64, 64)
     with pytest.raises(ValueError, match="5 encoder features"):
@@ -443,6 +474,7 @@ def test_pose_net_rejects_bad_inputs(pose_net):
     lambda: ConvBlock(32),
     lambda: TorchInitConv2D(8, 1, use_bias=False),
     lambda: ChainedResidualPooling(32, num_stages=3),
+    lambda: Monodepth2Decoder([64, 64, 128, 256, 512]),
 ])
 def test_get_config_round_trip(make):
     original = make()

@@ -1,5 +1,6 @@
 """The production trainer: exact resume (also after SIGKILL), the NaN/Inf guard, determinism,
-distributed equivalence (two logical CPUs, two worker processes), mixed precision.
+distributed equivalence (two logical CPUs; two worker processes: identical weights on both, every
+worker resumes the chief's checkpoint), mixed precision.
 
 Tiny baseline models (ResNet-18, 64x64) keep each run to seconds; the TripleDNet configs are smoke-run
 in test_configs.py.
@@ -12,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -279,34 +281,131 @@ def _free_ports(count):
     return ports
 
 
-@pytest.mark.xdist_group("one_replica")  # share the module fixture
-def test_two_worker_processes_equal_one_replica(one_replica_result, tmp_path):
-    ports = _free_ports(2)
+# One worker process of a two-machine run (README: Training on several machines). The chief keeps a
+# copy of its run folder as it is after the step-2 checkpoint, i.e. the folder a run stopped there
+# leaves: the resume test continues it, and the same launch's step-4 weights are the uninterrupted
+# reference.
+_WORKER_RUN = """
+    import json, shutil
+    from tripled_tf import checkpoint, training
+    from tripled_tf.models.depth_model import DepthModelConfig
+    from tripled_tf.training import TrainConfig
+    model = DepthModelConfig(depth_layers=18, pose_layers=18, pose_input_size=None, dropout=0.0)
+    config = TrainConfig(model="baseline", height=64, width=64, batch_size=2, num_steps=4,
+                         num_train_samples=6, num_val_samples=0, num_preview=1,
+                         learning_rate=1e-3, warmup_steps=0, verbose=0, image_summary_every=0,
+                         summary_every=1, checkpoint_every=2, strategy="multi_worker",
+                         resume={resume}, log_dir={log_dir!r})
+    if {snapshot!r}:
+        save = checkpoint.save_checkpoint
+        def save_and_copy(model, run_dir, step, *args, **kwargs):
+            path = save(model, run_dir, step, *args, **kwargs)
+            if step == 2:
+                shutil.copytree(run_dir, {snapshot!r})
+            return path
+        checkpoint.save_checkpoint = save_and_copy
+    print(json.dumps(training.train(config, model)))
+"""
+
+
+def _run_workers(codes):
+    """Runs one process per script with the TF_CONFIG of a cluster on 127.0.0.1 (worker i runs
+    codes[i]); returns their result dicts (the last line each prints)."""
+    ports = _free_ports(len(codes))
     workers = []
-    for index in range(2):
+    for index, code in enumerate(codes):
         env = _subprocess_env()
         env["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
                                        "task": {"type": "worker", "index": index}})
-        code = _DISTRIBUTED_RUN.format(logical_cpus=1, strategies=["multi_worker"],
-                                       run_root=str(tmp_path / f"worker{index}"))
-        workers.append(subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO,
-                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True))
+        # Files, not pipes: a worker blocked on a full pipe would stall the others' collectives.
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        workers.append((subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO,
+                                         env=env, stdout=out, stderr=err, text=True), out, err))
     outputs = []
-    for proc in workers:
-        try:
-            out, err = proc.communicate(timeout=600)
-        finally:
-            for other in workers:
-                if other.poll() is None and proc.returncode not in (None, 0):
-                    other.kill()
-        assert proc.returncode == 0, err[-4000:]
-        outputs.append(json.loads(out.strip().splitlines()[-1])["multi_worker"])
-    chief = outputs[0]
-    assert chief["replicas"] == 2 and outputs[1] == {"steps": 2, "chief": False}
-    assert (tmp_path / "worker0" / "multi_worker" / "checkpoints" / "latest.json").is_file()
-    assert not (tmp_path / "worker1" / "multi_worker" / "checkpoints").exists()
-    _assert_same_losses(one_replica_result["default"], chief)
+    try:
+        for proc, out, err in workers:
+            proc.wait(timeout=600)
+            out.seek(0)
+            err.seek(0)
+            assert proc.returncode == 0, err.read()[-4000:]
+            outputs.append(json.loads(out.read().strip().splitlines()[-1]))
+    finally:
+        for proc, out, err in workers:  # a failed worker leaves the others waiting on a collective
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            out.close()
+            err.close()
+    return outputs
+
+
+def _scalars_at(run_dir, step) -> dict:
+    """{tag: value} of the TensorBoard scalars a run wrote at ``step``."""
+    values = {}
+    for path in (pathlib.Path(run_dir) / "logs").rglob("events.out.tfevents*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            if event.step == step:
+                values.update({v.tag: float(tf.make_ndarray(v.tensor)) for v in event.summary.value})
+    return values
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(tmp_path_factory):
+    """Four steps on two worker processes, each with its own --log_dir (machines without shared
+    storage); the chief's folder after step 2 is kept as "stopped"."""
+    root = tmp_path_factory.mktemp("two_workers")
+    outputs = _run_workers([_WORKER_RUN.format(resume=False, log_dir=str(root / f"worker{i}"),
+                                               snapshot=str(root / "stopped") if i == 0 else "")
+                            for i in range(2)])
+    return root, outputs
+
+
+@pytest.mark.xdist_group("one_replica")  # share the module fixtures
+def test_two_worker_processes_equal_one_replica_and_end_with_identical_weights(
+        one_replica_result, two_worker_run):
+    root, (chief, worker) = two_worker_run
+    assert chief["replicas"] == 2 and chief["steps"] == 4
+    # Bit-identical weights, BatchNorm statistics and optimiser state on both workers, not merely
+    # close: the initial values are broadcast from the chief, and every step applies the same
+    # all-reduced gradients (and synchronised BatchNorm statistics) to the same values.
+    assert worker == {"steps": 4, "chief": False, "weights_sha256": chief["weights_sha256"]}
+    assert (root / "worker0" / "checkpoints" / "latest.json").is_file()
+    assert not (root / "worker1").exists()  # only the chief writes
+    # The loss of step 2 (TensorBoard; running mean over the epoch) equals the one-replica run's.
+    scalars = _scalars_at(root / "worker0", 2)
+    step_two = {name: scalars["loss" if name == "loss" else f"loss/{name}"]
+                for name in _losses(one_replica_result["default"])}
+    _assert_same_losses(one_replica_result["default"], {"final_losses": step_two})
+
+
+@pytest.mark.xdist_group("one_replica")  # share the module fixture
+def test_every_worker_resumes_the_chiefs_checkpoint(two_worker_run):
+    root, _ = two_worker_run
+    stopped = root / "stopped"
+    assert checkpoint.latest_checkpoint(stopped)["step"] == 2
+    # Both workers at the same --log_dir (shared storage): the chief writes, every worker reads.
+    chief, worker = _run_workers([_WORKER_RUN.format(resume=True, log_dir=str(stopped), snapshot="")
+                                  for _ in range(2)])
+    assert chief["resumed_from"] == 2 and chief["steps"] == worker["steps"] == 4
+    assert worker["weights_sha256"] == chief["weights_sha256"]
+    # The same weights as the uninterrupted run. They came out bit-identical here (equal
+    # weights_sha256), but separate processes need not run the CPU kernels bit for bit alike: the
+    # tolerance of the single-process resume test.
+    for a, b in zip(_weights(root / "worker0"), _weights(stopped)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_workers_at_different_positions_refuse_to_train():
+    class TwoWorkers:  # the all-gather of a cluster whose worker 1 found no checkpoint
+        def experimental_distribute_values_from_function(self, fn):
+            return fn(None)
+
+        def gather(self, value, axis):
+            return tf.concat([value, tf.zeros_like(value)], axis)
+
+    training.check_workers_agree(TwoWorkers(), 0, 0)
+    with pytest.raises(checkpoint.RunFolderError, match=r"\[\[2, 2\], \[0, 0\]\].*--log_dir"):
+        training.check_workers_agree(TwoWorkers(), 2, 2)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -69,6 +69,54 @@ def test_loss_gradients_reach_every_network(batch):
                                rtol=1e-5)
 
 
+@pytest.mark.parametrize("decoder", ["featdepth", "monodepth2"])
+def test_reprojection_loss_equals_its_per_scale_definition(batch, decoder):
+    """The batched loss (scales stacked along the batch axis) = METHOD.md §4 written scale by scale:
+    mean over scales of mean(min(identity errors, warped errors)) + 1e-3 · Σ_s S_s / 2^s / 4."""
+    from tripled_tf import geometry, losses
+
+    model = MonoDepthModel(DepthModelConfig(pose_input_size=None, depth_decoder=decoder,
+                                            identity_noise=0.0))
+    model.build_for_size(HEIGHT, WIDTH)
+    disparities = model(batch["target"], training=False)
+    if decoder == "monodepth2":
+        assert disparities[0].shape[1:3] == (HEIGHT, WIDTH) and model.output_stride == 1
+    poses = model.predict_poses(batch, training=False)
+    values = model._reprojection_losses(batch, disparities, poses)
+
+    target, K = batch["target"], batch["K"]
+    inv_K = tf.linalg.inv(K)
+    sources = {"source_prev": batch["source_prev"], "source_next": batch["source_next"]}
+    identity = [losses.photometric_error(s, target) for s in sources.values()]
+    photometric = smoothness = 0.0
+    for scale, disp in enumerate(disparities):
+        _, depth = geometry.disp_to_depth(geometry.resize_bilinear(disp, [HEIGHT, WIDTH]), 0.1, 100.0)
+        warped = [losses.photometric_error(geometry.warp(s, depth, poses[k], K, inv_K), target)
+                  for k, s in sources.items()]
+        errors = tf.concat(identity + warped, axis=-1)
+        photometric += float(tf.reduce_mean(tf.reduce_min(errors, axis=-1))) / 4
+        smoothness += float(losses.smoothness_loss(losses.normalize_disparity(disp), target)) / 2 ** scale / 4
+    np.testing.assert_allclose(float(values["photometric"]), photometric, rtol=1e-5)
+    np.testing.assert_allclose(float(values["smoothness"]), smoothness, rtol=1e-5)
+    np.testing.assert_allclose(float(values["loss"]), photometric + 1e-3 * smoothness, rtol=1e-5)
+
+
+def test_decoder_choice_and_dropout_defaults():
+    from tripled_tf.models.tripled_net import TripleDConfig
+
+    assert DepthModelConfig().dropout == 0.5  # FeatDepth's decoder: 0.5 on levels 4 and 5
+    assert DepthModelConfig(depth_decoder="monodepth2").dropout == 0.0  # Monodepth2 has none
+    assert DepthModelConfig(dropout=0.2).dropout == 0.2
+    with pytest.raises(ValueError, match="no dropout"):
+        DepthModelConfig(depth_decoder="monodepth2", dropout=0.5)
+    with pytest.raises(ValueError, match="depth_decoder must be one of"):
+        DepthModelConfig(depth_decoder="hrdepth")
+    with pytest.raises(ValueError, match="FeatDepth's depth decoder"):
+        TripleDConfig(depth_decoder="monodepth2")
+    restored = DepthModelConfig.from_dict(DepthModelConfig(depth_decoder="monodepth2").to_dict())
+    assert restored.depth_decoder == "monodepth2" and restored.dropout == 0.0
+
+
 def test_train_step_fits_a_fixed_batch(batch):
     # A few Adam steps on one batch must lower its photometric loss: the gradients point downhill.
     keras.utils.set_random_seed(0)

@@ -118,6 +118,56 @@ def summarize(times, batch_size: int) -> dict:
             "steps": len(times)}
 
 
+def run_rounds(contestants, rounds: int, steps_per_round: int) -> list:
+    """Starts every contestant (one after the other), runs the interleaved rounds, ends them all.
+
+    Round r starts with contestant r mod n and goes round in order, so each contestant runs first,
+    second, ... equally often. Returns, per round, {name: median step seconds of that round}.
+    """
+    for contestant in contestants:  # one at a time: tracing and compiling do not overlap
+        print(f"starting {contestant.name}: {shlex.join(contestant.command)}", flush=True)
+        contestant.start()
+        print(f"  ready (first step {contestant.ready.get('first_step_s')} s)", flush=True)
+    results = []
+    for index in range(rounds):
+        shift = index % len(contestants)
+        medians = {}
+        for contestant in contestants[shift:] + contestants[:shift]:
+            medians[contestant.name] = statistics.median(contestant.steps(steps_per_round))
+        results.append(medians)
+        print(f"round {index + 1}/{rounds}: " + ", ".join(
+            f"{name} {seconds:.3f} s" for name, seconds in medians.items()), flush=True)
+    for contestant in contestants:
+        contestant.finish()
+    return results
+
+
+def compare(contestants, rounds: list, batch_size: int):
+    """(rows, speed-up, paired speed-up) against the first contestant.
+
+    rows: name -> summary of all its timed steps plus what its final JSON reported; speed-up: the
+    reference's median step time / the contestant's; paired: the median over rounds of that ratio
+    taken within each round.
+    """
+    reference = contestants[0].name
+    results = {}
+    for contestant in contestants:
+        row = summarize(contestant.step_times, batch_size)
+        row.update(first_step_s=contestant.ready.get("first_step_s"),
+                   peak_rss_gib=contestant.final.get("peak_rss_gib"),
+                   loss_last=contestant.final.get("loss_last"))
+        for key in ("depth_decoder", "depth_layers", "jit_compile", "model", "tensorflow", "torch",
+                    "implementation"):
+            if key in contestant.final:
+                row[key] = contestant.final[key]
+        results[contestant.name] = row
+    speedup = {name: round(results[reference]["step_s_median"] / row["step_s_median"], 3)
+               for name, row in results.items()}
+    paired = {name: round(statistics.median(r[reference] / r[name] for r in rounds), 3)
+              for name in results}
+    return results, speedup, paired
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     common = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -155,42 +205,13 @@ def main(argv=None) -> int:
     if len({c.name for c in contestants}) != len(contestants):
         raise SystemExit("error: contestant names must differ")
 
-    rounds = []
     try:
-        for contestant in contestants:  # one at a time: tracing and compiling do not overlap
-            print(f"starting {contestant.name}: {shlex.join(contestant.command)}", flush=True)
-            contestant.start()
-            print(f"  ready (first step {contestant.ready.get('first_step_s')} s)", flush=True)
-        for index in range(args.rounds):
-            order = contestants[index % len(contestants):] + contestants[:index % len(contestants)]
-            medians = {}
-            for contestant in order:
-                medians[contestant.name] = statistics.median(contestant.steps(args.steps_per_round))
-            rounds.append(medians)
-            print(f"round {index + 1}/{args.rounds}: " + ", ".join(
-                f"{name} {seconds:.3f} s" for name, seconds in medians.items()), flush=True)
-        for contestant in contestants:
-            contestant.finish()
+        rounds = run_rounds(contestants, args.rounds, args.steps_per_round)
     finally:
         for contestant in contestants:
             contestant.stop()
-
+    results, speedup, paired = compare(contestants, rounds, args.batch_size)
     reference = contestants[0].name
-    results = {}
-    for contestant in contestants:
-        row = summarize(contestant.step_times, args.batch_size)
-        row.update(first_step_s=contestant.ready.get("first_step_s"),
-                   peak_rss_gib=contestant.final.get("peak_rss_gib"),
-                   loss_last=contestant.final.get("loss_last"))
-        for key in ("depth_decoder", "depth_layers", "jit_compile", "model",
-                    "tensorflow", "torch", "implementation"):
-            if key in contestant.final:
-                row[key] = contestant.final[key]
-        results[contestant.name] = row
-    speedup = {name: round(results[reference]["step_s_median"] / row["step_s_median"], 3)
-               for name, row in results.items()}
-    paired = {name: round(statistics.median(r[reference] / r[name] for r in rounds), 3)
-              for name in results}
 
     print(f"\n{'contestant':<16} {'median s':>9} {'min s':>7} {'max s':>7} {'images/s':>9} "
           f"{'peak RSS GiB':>13} {'x ' + reference:>15} {'paired':>7}")

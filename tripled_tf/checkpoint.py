@@ -14,6 +14,7 @@ moment therefore leaves latest.json pointing at a complete checkpoint.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -47,6 +48,18 @@ def training_state_variables(model) -> List:
     rng_states = [v for v in model.variables if id(v) not in weight_ids]
     optimizer_variables = list(model.optimizer.variables) if model.optimizer is not None else []
     return optimizer_variables + rng_states
+
+
+def state_digest(model) -> str:
+    """SHA-256 of every weight (trainable and not: BatchNorm moving statistics) and the training
+    state (optimiser iteration and moments, RNG states), in a fixed order: equal digests mean
+    bit-identical models. Multi-worker runs report it on every worker."""
+    digest = hashlib.sha256()
+    for variable in list(model.weights) + training_state_variables(model):
+        value = np.ascontiguousarray(variable.numpy())
+        digest.update(f"{value.dtype}{value.shape}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
 
 
 def save_checkpoint(model, run_dir, step: int, batches: Optional[int] = None,

@@ -421,6 +421,26 @@ def is_chief(strategy) -> bool:
                                              and "chief" not in resolver.cluster_spec().as_dict())
 
 
+def check_workers_agree(strategy, step: int, batches: int) -> None:
+    """Multi-worker: raises on every worker unless all of them start at the same step and data
+    position, i.e. all restored the same checkpoint (or none).
+
+    A worker that resumed another (or no) checkpoint would otherwise all-reduce gradients of other
+    weights and train a different number of steps. The check is a collective (all-gather), so it is
+    also a barrier: the chief writes its next checkpoint only after every worker has read its own.
+    """
+    import tensorflow as tf
+    values = strategy.experimental_distribute_values_from_function(
+        lambda _: tf.constant([[step, batches]], tf.int64))  # one row per replica
+    positions = strategy.gather(values, axis=0).numpy()
+    if (positions != positions[:1]).any():
+        raise checkpoint.RunFolderError(
+            f"the workers start at different (step, batch) positions {positions.tolist()}: every "
+            f"worker must --resume the chief's checkpoint, i.e. see the chief's run folder at its "
+            f"--log_dir (shared storage, or a copy of the chief's folder; README: Training on several "
+            f"machines)")
+
+
 def _resize_nearest(depth, size) -> np.ndarray:
     depth = np.squeeze(np.asarray(depth, np.float32))
     return cv2.resize(depth, (int(size[1]), int(size[0])), interpolation=cv2.INTER_NEAREST)
@@ -524,6 +544,8 @@ def _train(config, model_config, run_dir, resume_from) -> dict:
         checkpoint.restore_training_state(model, resume_from["state"])
         batches = int(resume_from["batches"])
         print(f"resuming {run_dir} at step {resume_from['step']} (batch {batches})", flush=True)
+    if config.strategy == "multi_worker":
+        check_workers_agree(strategy, int(model.optimizer.iterations.numpy()), batches)
 
     before = after = None
     if held_out is not None and resume_from is None:
@@ -558,8 +580,9 @@ def _train(config, model_config, run_dir, resume_from) -> dict:
     if held_out is not None:
         after = evaluation.evaluate_depth(model, held_out["target"], held_out["depth"], held_out["crop"])
         _report("after training", after)
+    digest = checkpoint.state_digest(model) if config.strategy == "multi_worker" else None
     if not chief:
-        return {"steps": step, "chief": False}
+        return {"steps": step, "chief": False, "weights_sha256": digest}
     if held_out is not None:
         preview_images = held_out["target"][:config.num_preview]
         preview_gt = [d for d in held_out["depth"][:config.num_preview]]
@@ -594,6 +617,8 @@ def _train(config, model_config, run_dir, resume_from) -> dict:
         "preview": preview,
         "run_dir": str(run_dir),
     }
+    if digest is not None:
+        result["weights_sha256"] = digest
     checkpoint.write_json(run_dir / "result.json", result)
     return result
 

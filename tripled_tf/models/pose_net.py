@@ -71,7 +71,7 @@ class PoseNet(keras.Model):
         frame_a = checks.as_images(inputs[0], "frame_a", channels=3)
         frame_b = checks.as_images(inputs[1], "frame_b", channels=3)
         checks.same_spatial_size(frame_a, frame_b, "frame_a", "frame_b")
-        if self.input_size is not None:
+        if self.input_size is not None and tuple(frame_a.shape[1:3]) != self.input_size:
             # TF2's bilinear resize uses half-pixel centres, as PyTorch's align_corners=False.
             frame_a = tf.image.resize(frame_a, self.input_size, method="bilinear", antialias=False)
             frame_b = tf.image.resize(frame_b, self.input_size, method="bilinear", antialias=False)
