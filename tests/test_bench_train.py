@@ -134,3 +134,24 @@ def test_bench_train_serve_protocol(tmp_path):
     assert final["step_s_median"] == pytest.approx(sorted(lines[1]["step_s"] + lines[2]["step_s"])[1],
                                                    rel=1e-3)
     assert final["loss_finite"] and final["peak_rss_gib"] > 0
+
+
+def test_serve_protocol_runs_the_requested_steps():
+    import io
+
+    from tools.bench_protocol import serve
+
+    calls = []
+
+    def run_step():
+        calls.append(len(calls))
+        return 0.5 + len(calls), 10.0 - len(calls)
+
+    replies = io.StringIO()
+    step_times = []
+    loss = serve(run_step, step_times, 3.21, io.StringIO("steps 2\nnoise\nsteps 1\nquit\nsteps 5\n"),
+                 replies)
+    lines = [json.loads(line) for line in replies.getvalue().splitlines()]
+    assert lines == [{"ready": True, "first_step_s": 3.21},
+                     {"step_s": [1.5, 2.5], "loss": 8.0}, {"step_s": [3.5], "loss": 7.0}]
+    assert step_times == [1.5, 2.5, 3.5] and loss == 7.0 and len(calls) == 3

@@ -50,6 +50,16 @@ def test_ssim_hand_computed_3x3_window():
     np.testing.assert_allclose(out[0, 0, 0, 0], np.clip((1 - ssim) / 2, 0, 1), rtol=1e-4)
 
 
+def test_box_mean_3x3_is_the_window_average():
+    x = np.arange(2 * 5 * 6 * 2, dtype=np.float32).reshape(2, 5, 6, 2) ** 1.5
+    out = losses.box_mean_3x3(x).numpy()
+    assert out.shape == (2, 3, 4, 2)
+    for i in range(3):
+        for j in range(4):
+            np.testing.assert_allclose(out[:, i, j], x[:, i:i + 3, j:j + 3].mean(axis=(1, 2)),
+                                       rtol=1e-5)
+
+
 def test_photometric_error_combines_ssim_and_charbonnier():
     x = np.full((1, 4, 4, 3), 0.2, np.float32)
     y = np.full((1, 4, 4, 3), 0.7, np.float32)

@@ -13,8 +13,8 @@ import tensorflow as tf
 
 from tripled_tf.models.depth_decoder import ChainedResidualPooling, DepthDecoder
 from tripled_tf.models.monodepth2_decoder import Monodepth2Decoder
-from tripled_tf.models.layers import (Conv3x3, ConvBlock, TorchInitConv2D, Upsample2x,
-                                      upsample_nearest_2x)
+from tripled_tf.models.layers import (BatchNorm2D, Conv3x3, ConvBlock, TorchInitConv2D,
+                                      Upsample2x, upsample_nearest_2x)
 from tripled_tf.models.pose_net import PoseNet
 from tripled_tf.models.resnet import (BasicBlock, Bottleneck, ResNetEncoder, max_pool_3x3_stride2,
                                       torchvision_key_map)
@@ -166,6 +166,49 @@ def test_batch_norm_settings_and_bias_free_convs(rn50):
         assert not conv.use_bias
 
 
+def test_batch_norm_2d_trains_like_torch_batch_norm():
+    """Training: normalise with the biased batch variance; running variance moves towards the
+    unbiased one, n / (n - 1) times larger (torch.nn.BatchNorm2d); gradients equal Keras' BN."""
+    x = RNG.normal(2.0, 3.0, size=(2, 5, 6, 3)).astype(np.float32)
+    n = 2 * 5 * 6
+    fused = BatchNorm2D(epsilon=1e-5, momentum=0.9)
+    plain = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9)
+    fused.build(x.shape)
+    plain.build(x.shape)
+    gamma, beta = np.array([1.5, 0.5, -1.0], np.float32), np.array([0.1, -0.2, 0.3], np.float32)
+    for layer in (fused, plain):
+        layer.gamma.assign(gamma)
+        layer.beta.assign(beta)
+        layer.moving_mean.assign([1.0, 2.0, 3.0])
+        layer.moving_variance.assign([4.0, 5.0, 6.0])
+    xt = tf.constant(x)
+    outputs, grads = [], []
+    for layer in (fused, plain):
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            y = layer(xt, training=True)
+            weighted = tf.reduce_sum(y * tf.constant(np.arange(y.shape[-1]) + 1.0, tf.float32) * y)
+        outputs.append(y.numpy())
+        grads.append(tape.gradient(weighted, [xt, layer.gamma, layer.beta]))
+    mean = x.astype(np.float64).mean(axis=(0, 1, 2))
+    variance = x.astype(np.float64).var(axis=(0, 1, 2))
+    expected = (x - mean) / np.sqrt(variance + 1e-5) * gamma + beta
+    np.testing.assert_allclose(outputs[0], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    for fused_grad, plain_grad in zip(*grads):
+        np.testing.assert_allclose(fused_grad.numpy(), plain_grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fused.moving_mean.numpy(), 0.9 * np.array([1.0, 2.0, 3.0]) + 0.1 * mean,
+                               rtol=1e-5)
+    np.testing.assert_allclose(fused.moving_variance.numpy(),
+                               0.9 * np.array([4.0, 5.0, 6.0]) + 0.1 * variance * n / (n - 1),
+                               rtol=1e-5)
+    # Inference uses the moving statistics, like Keras' layer with the same statistics.
+    plain.moving_mean.assign(fused.moving_mean)
+    plain.moving_variance.assign(fused.moving_variance)
+    np.testing.assert_allclose(fused(xt, training=False).numpy(), plain(xt, training=False).numpy(),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_stem_padding_is_symmetric():
     # conv1 = delta at its centre tap (3, 3) copying channel c to c: with PyTorch's symmetric pad 3,
     # level1[i, j] = x[2i, 2j]. TF "same" padding (2 before, 3 after) would give x[2i+1, 2j+1].
@@ -194,9 +237,11 @@ def test_max_pool_matches_torch_definition():
 
 @pytest.mark.parametrize("block_class", [BasicBlock, Bottleneck])
 @pytest.mark.parametrize("size", [(7, 10), (8, 6)])
-def test_strided_blocks_match_numpy_pytorch_semantics(block_class, size):
-    """A stride-2 block with projection shortcut against a numpy PyTorch-semantics reference."""
-    block = block_class(4, stride=2, downsample=True)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_strided_blocks_match_numpy_pytorch_semantics(block_class, size, stride):
+    """A block with projection shortcut against a numpy PyTorch-semantics reference (every 3x3 conv
+    pads 1 on each side: explicitly at stride 2, by "same" inside the conv at stride 1)."""
+    block = block_class(4, stride=stride, downsample=True)
     x = RNG.normal(size=(2, *size, 8)).astype(np.float32)
     block(x)
     for layer in block.torchvision_layers:
@@ -209,15 +254,16 @@ def test_strided_blocks_match_numpy_pytorch_semantics(block_class, size):
 
     xd = x.astype(np.float64)
     if block_class is BasicBlock:
-        y = relu(numpy_bn(conv(xd, block.conv1, 2, 1), block.bn1))
+        y = relu(numpy_bn(conv(xd, block.conv1, stride, 1), block.bn1))
         y = numpy_bn(conv(y, block.conv2, 1, 1), block.bn2)
     else:  # v1.5: the stride sits in the 3x3 conv
         y = relu(numpy_bn(conv(xd, block.conv1, 1, 0), block.bn1))
-        y = relu(numpy_bn(conv(y, block.conv2, 2, 1), block.bn2))
+        y = relu(numpy_bn(conv(y, block.conv2, stride, 1), block.bn2))
         y = numpy_bn(conv(y, block.conv3, 1, 0), block.bn3)
-    shortcut = numpy_bn(conv(xd, block.downsample_conv, 2, 0), block.downsample_bn)
+    shortcut = numpy_bn(conv(xd, block.downsample_conv, stride, 0), block.downsample_bn)
     expected = relu(y + shortcut)
-    assert out.shape == expected.shape == (2, (size[0] + 1) // 2, (size[1] + 1) // 2,
+    assert out.shape == expected.shape == (2, (size[0] + stride - 1) // stride,
+                                           (size[1] + stride - 1) // stride,
                                            4 * block_class.expansion)
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
 

@@ -31,6 +31,11 @@ import sys
 import time
 import types
 
+if __package__ in (None, ""):  # run as a file: make `tools` importable from the repo
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from tools.bench_protocol import serve  # noqa: E402
+
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -200,18 +205,7 @@ def main(argv=None) -> int:
 
     step_times = []
     if args.serve:
-        print(json.dumps({"ready": True, "first_step_s": round(first_step_s, 3)}), flush=True)
-        for line in sys.stdin:
-            command = line.split()
-            if command[:1] == ["steps"]:
-                times = []
-                for _ in range(int(command[1])):
-                    seconds, loss = run_step(trainer, inputs)
-                    times.append(seconds)
-                step_times += times
-                print(json.dumps({"step_s": times, "loss": loss}), flush=True)
-            elif command[:1] == ["quit"]:
-                break
+        loss = serve(lambda: run_step(trainer, inputs), step_times, first_step_s)
     else:
         for index in range(args.steps):
             seconds, loss = run_step(trainer, inputs)

@@ -55,6 +55,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from tools.bench_protocol import serve  # noqa: E402
+
 # TensorFlow, Keras and the model code are imported inside the functions: the thread counts must be
 # set before TensorFlow runs its first op, and importing this module (tests) should stay cheap.
 
@@ -201,24 +203,6 @@ def say(message: str) -> None:
     print(message, file=sys.stderr if FLAGS.serve else sys.stdout, flush=True)
 
 
-def serve(model, iterator, step_times: list, first_step_s: float) -> float:
-    """The line protocol of --serve; appends the timed steps to ``step_times``, returns the last loss."""
-    print(json.dumps({"ready": True, "first_step_s": round(first_step_s, 3)}), flush=True)
-    loss = float("nan")
-    for line in sys.stdin:
-        command = line.split()
-        if command[:1] == ["steps"]:
-            times = []
-            for _ in range(int(command[1])):
-                seconds, loss = run_step(model, iterator)
-                times.append(seconds)
-            step_times += times
-            print(json.dumps({"step_s": times, "loss": loss}), flush=True)
-        elif command[:1] == ["quit"]:
-            break
-    return loss
-
-
 def main(argv: Sequence[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -267,7 +251,7 @@ def main(argv: Sequence[str]) -> int:
         say(f"warm-up {index + 1}/{FLAGS.warmup}: {seconds:.3f} s, loss {loss:.4f}")
     step_times = []
     if FLAGS.serve:
-        loss = serve(model, iterator, step_times, first_step_s)
+        loss = serve(lambda: run_step(model, iterator), step_times, first_step_s)
     for index in range(0 if FLAGS.serve else FLAGS.steps):
         seconds, loss = run_step(model, iterator)
         step_times.append(seconds)

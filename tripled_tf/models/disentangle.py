@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 from tripled_tf import checks
-from tripled_tf.models.layers import TorchInitConv2D
+from tripled_tf.models.layers import BatchNorm2D, TorchInitConv2D
 from tripled_tf.models.resnet import BN_EPSILON, BN_MOMENTUM
 
 DEPTH_SPLITS = ("first_half", "conv1x1")
@@ -39,7 +39,7 @@ class ProjectionSplit(keras.layers.Layer):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.conv = None
-        self.bn = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="bn")
+        self.bn = BatchNorm2D(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="bn")
 
     def build(self, input_shape):
         channels = input_shape[-1]

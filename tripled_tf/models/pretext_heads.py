@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from tripled_tf import checks
 from tripled_tf.geometry import disp_to_depth
-from tripled_tf.models.layers import Conv3x3, TorchInitConv2D
+from tripled_tf.models.layers import BatchNorm2D, Conv3x3, TorchInitConv2D
 from tripled_tf.models.resnet import BN_EPSILON, BN_MOMENTUM
 
 PRETEXT_TASKS = ("d2g", "dg2c", "d2c")
@@ -42,9 +42,9 @@ class PretextHead(keras.Model):
         self.c_out = int(c_out)
         self.residual = bool(residual)
         self.conv1 = Conv3x3(HEAD_WIDTH, padding_mode="zero", use_bias=False, name="conv1")
-        self.bn1 = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="bn1")
+        self.bn1 = BatchNorm2D(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="bn1")
         self.conv2 = Conv3x3(HEAD_WIDTH, padding_mode="zero", use_bias=False, name="conv2")
-        self.bn2 = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="bn2")
+        self.bn2 = BatchNorm2D(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="bn2")
         self.output_conv = TorchInitConv2D(self.c_out, 1, use_bias=True, name="output_conv")
 
     def call(self, x, training=None):

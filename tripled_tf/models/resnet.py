@@ -10,8 +10,13 @@ SwAV ResNet weights, which only fit the torchvision v1.5 layout:
   -> BN, + shortcut, ReLU (v1.5: the stride sits in the 3x3 conv);
 - shortcut: identity, or 1x1 conv with stride s (no bias) + BN when the shape changes.
 
-Every padded op pads explicitly and symmetrically, then runs "valid": TF's "same" pads (0, 1) for a
-stride-2 op on an even size where PyTorch pads (1, 1), which shifts every ported feature by a pixel.
+Every padded op pads symmetrically, as PyTorch does. Strided ops pad explicitly, then run "valid": TF's
+"same" pads (0, 1) for a stride-2 op on an even size where PyTorch pads (1, 1), which would shift every
+ported feature by a pixel. Stride-1 3x3 convolutions use "same", which is exactly (1, 1) there and
+saves a padded copy (and its gradient's slice) per convolution.
+
+BatchNorm is :class:`~tripled_tf.models.layers.BatchNorm2D`: Keras' layer on TensorFlow's fused kernel,
+with PyTorch's running-variance update (unbiased batch variance).
 
 Weights are converted from torchvision checkpoints by name: every layer is named exactly like its
 torchvision module ("conv1", "bn1", "layer2.0.conv2", "layer2.0.downsample.1", ...) and
@@ -25,6 +30,7 @@ import keras
 import tensorflow as tf
 
 from tripled_tf import checks
+from tripled_tf.models.layers import BatchNorm2D
 
 # Input normalisation of the depth and pose encoders (Monodepth2 / FeatDepth): (x - 0.45) / 0.225.
 IMAGE_MEAN = 0.45
@@ -51,13 +57,25 @@ def _resnet_conv_initializer() -> keras.initializers.Initializer:
                                               distribution="untruncated_normal")
 
 
-def _conv(filters: int, kernel_size: int, strides: int, name: str) -> keras.layers.Conv2D:
-    return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="valid", use_bias=False,
+def _conv(filters: int, kernel_size: int, strides: int, name: str,
+          padding: str = "valid") -> keras.layers.Conv2D:
+    return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding=padding, use_bias=False,
                                kernel_initializer=_resnet_conv_initializer(), name=name)
 
 
+def _conv3x3(filters: int, strides: int, name: str) -> keras.layers.Conv2D:
+    """3x3 conv with PyTorch's padding 1. At stride 1 that is TF's "same" (symmetric), done inside the
+    convolution; at stride 2 the caller pads explicitly (see the module docstring)."""
+    return _conv(filters, 3, strides, name, padding="same" if strides == 1 else "valid")
+
+
+def _pad_for(conv: keras.layers.Conv2D, x: tf.Tensor) -> tf.Tensor:
+    """Pads ``x`` by one pixel unless ``conv`` pads itself."""
+    return x if conv.padding == "same" else _zero_pad(x, 1)
+
+
 def _batch_norm(name: str) -> keras.layers.BatchNormalization:
-    return keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
+    return BatchNorm2D(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
 
 
 def _zero_pad(x: tf.Tensor, pad: int) -> tf.Tensor:
@@ -125,15 +143,15 @@ class BasicBlock(_ResidualBlock):
     def __init__(self, planes: int, stride: int = 1, downsample: bool = False, **kwargs):
         super().__init__(planes, stride, downsample, **kwargs)
         prefix = self.name
-        self.conv1 = _conv(self.planes, 3, self.stride, f"{prefix}.conv1")
+        self.conv1 = _conv3x3(self.planes, self.stride, f"{prefix}.conv1")
         self.bn1 = _batch_norm(f"{prefix}.bn1")
-        self.conv2 = _conv(self.planes, 3, 1, f"{prefix}.conv2")
+        self.conv2 = _conv3x3(self.planes, 1, f"{prefix}.conv2")
         self.bn2 = _batch_norm(f"{prefix}.bn2")
         self._register(self.conv1, self.bn1, self.conv2, self.bn2)
 
     def call(self, x, training=None):
-        out = tf.nn.relu(self.bn1(self.conv1(_zero_pad(x, 1)), training=training))
-        out = self.bn2(self.conv2(_zero_pad(out, 1)), training=training)
+        out = tf.nn.relu(self.bn1(self.conv1(_pad_for(self.conv1, x)), training=training))
+        out = self.bn2(self.conv2(out), training=training)
         return tf.nn.relu(out + self._shortcut(x, training))
 
 
@@ -153,7 +171,7 @@ class Bottleneck(_ResidualBlock):
         prefix = self.name
         self.conv1 = _conv(self.planes, 1, 1, f"{prefix}.conv1")
         self.bn1 = _batch_norm(f"{prefix}.bn1")
-        self.conv2 = _conv(self.planes, 3, self.stride, f"{prefix}.conv2")
+        self.conv2 = _conv3x3(self.planes, self.stride, f"{prefix}.conv2")
         self.bn2 = _batch_norm(f"{prefix}.bn2")
         self.conv3 = _conv(self.planes * self.expansion, 1, 1, f"{prefix}.conv3")
         self.bn3 = _batch_norm(f"{prefix}.bn3")
@@ -161,7 +179,7 @@ class Bottleneck(_ResidualBlock):
 
     def call(self, x, training=None):
         out = tf.nn.relu(self.bn1(self.conv1(x), training=training))
-        out = tf.nn.relu(self.bn2(self.conv2(_zero_pad(out, 1)), training=training))
+        out = tf.nn.relu(self.bn2(self.conv2(_pad_for(self.conv2, out)), training=training))
         out = self.bn3(self.conv3(out), training=training)
         return tf.nn.relu(out + self._shortcut(x, training))
 
