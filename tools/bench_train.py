@@ -18,7 +18,10 @@ own; ``--warmup`` more steps run untimed; then ``--steps`` steps are timed one b
 its loss fetched to the host so the time covers the finished step. Extra flags:
   --steps   timed steps (default 5)
   --warmup  untimed steps after the first traced call (default 1)
-  --threads TensorFlow intra- and inter-op threads (default 2; 0 = TensorFlow's default)
+  --threads TensorFlow intra-op (compute) threads, like torch.set_num_threads (default 2; 0 =
+            TensorFlow's default)
+  --inter_op_threads  TensorFlow's inter-op scheduling pool (default: TensorFlow's default, as
+            `python -m tripled_tf.train` runs; pinning it to 2 on 2 cores made the step ~5 % slower)
   --serve   after the first step and the warm-up, print {"ready": true, ...}, then answer lines on
             stdin: "steps N" runs N timed steps and prints {"step_s": [...], "loss": x}; "quit" ends
             with the JSON below (tools/bench_compare.py interleaves several such processes)
@@ -29,9 +32,9 @@ Progress lines go to stdout; the LAST line is one JSON object:
   first_step_s     the first call: tracing (+ XLA compilation) + one step, seconds
   build_s, data_s  model construction (variables created) / rendering + pipelining the batch, seconds
   peak_rss_gib     peak resident memory of the process (ru_maxrss), GiB
-  model, height, width, batch_size, steps, warmup, threads, depth_layers, jit_compile (the setting
-                   the model ran with), dtype_policy (Keras global policy), mixed_precision (only if
-                   the train config has such a field)
+  model, height, width, batch_size, steps, warmup, threads, inter_op_threads, depth_layers,
+                   jit_compile (the setting the model ran with), dtype_policy (Keras global policy),
+                   mixed_precision (only if the train config has such a field)
   loss_last        loss of the last timed step (null if not finite), loss_finite
   tensorflow, keras, device ("CPU" or the first GPU's name)
 """
@@ -73,10 +76,10 @@ def define_flags() -> None:
 
     flags.DEFINE_integer("steps", 5, "Timed training steps.", lower_bound=1)
     flags.DEFINE_integer("warmup", 1, "Untimed steps after the first (tracing) call.", lower_bound=0)
-    flags.DEFINE_integer("threads", 2, "TensorFlow intra- and inter-op threads (0 = TensorFlow's "
-                         "default).", lower_bound=0)
-    flags.DEFINE_integer("inter_op_threads", None, "TensorFlow inter-op threads, if not --threads.",
+    flags.DEFINE_integer("threads", 2, "TensorFlow intra-op threads (0 = TensorFlow's default).",
                          lower_bound=0)
+    flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow inter-op threads (0 = TensorFlow's "
+                         "default, as the trainer runs).", lower_bound=0)
     flags.DEFINE_bool("serve", False, "Answer the line protocol of tools/bench_compare.py on stdin "
                       "instead of timing --steps steps (progress then goes to stderr).")
 
@@ -124,14 +127,20 @@ def random_init(config: Any) -> Any:
 # ------------------------------------------------------------------------------ TensorFlow side
 
 
-def set_threads(threads: int, inter_op_threads: int | None = None) -> None:
-    """Fixes TensorFlow's thread pools (inter-op = ``threads`` unless given); must run before
-    TensorFlow executes any op."""
+def set_threads(threads: int, inter_op_threads: int = 0) -> None:
+    """Fixes TensorFlow's intra-op (compute) pool at ``threads`` and, when non-zero, the inter-op
+    pool at ``inter_op_threads``; 0 leaves a pool at TensorFlow's default. Must run before TensorFlow
+    executes any op.
+
+    The inter-op pool only schedules ops; the compute threads are the intra-op ones (PyTorch's
+    ``set_num_threads``). Pinning it to 2 on this 2-core machine made the baseline step ~5 % slower
+    than TensorFlow's default (tools/bench_compare.py, interleaved), so the default is kept, as in
+    ``python -m tripled_tf.train``, which sets no pool.
+    """
     import tensorflow as tf
 
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
-    inter_op_threads = threads if inter_op_threads is None else inter_op_threads
     if inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
 
@@ -268,6 +277,7 @@ def main(argv: Sequence[str]) -> int:
                   height=train_config.height, width=train_config.width,
                   batch_size=train_config.batch_size, warmup=FLAGS.warmup,
                   steps=len(step_times), threads=FLAGS.threads,
+                  inter_op_threads=FLAGS.inter_op_threads or "default",
                   depth_layers=model_config.depth_layers,
                   depth_decoder=getattr(model_config, "depth_decoder", None),
                   jit_compile=bool(model.jit_compile), dtype_policy=policy)
