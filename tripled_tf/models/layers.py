@@ -82,8 +82,9 @@ class BatchNorm2D(keras.layers.BatchNormalization):
     In training it normalises with the batch's biased variance (as Keras and PyTorch do) but moves
     ``moving_variance`` towards the *unbiased* (n / (n - 1)) batch variance, as PyTorch's
     ``running_var`` does, so statistics learnt here and in the reference agree. The fused op
-    (FusedBatchNormV3: one pass forward, one backward, oneDNN / cuDNN kernels) replaces Keras' chain of
-    moments + elementwise ops, whose forward and gradient made ~10 passes over every activation.
+    (FusedBatchNormV3: one op forward, one backward, oneDNN / cuDNN kernels) replaces Keras' chain of
+    moments + elementwise ops and their gradients (ResNet-18 encoder forward + backward at 640x192,
+    batch 4: 1.33 -> 1.28 s on 2 CPU cores).
 
     Anything else (inference, frozen layers, masks, synchronised statistics across replicas, other
     ranks or axes) is Keras' own implementation. Arguments and weights are those of
