@@ -100,6 +100,24 @@ def test_hue_shift_red_to_green_and_tensor_order():
     np.testing.assert_allclose(blue[0, 0, 0], (0, 0, 1), atol=1e-5)
 
 
+@pytest.mark.parametrize("graph", [False, True])
+def test_tensor_order_applies_the_steps_in_that_order(graph):
+    # Brightness 2 and saturation 0 do not commute on (0.8, 0.3, 0.1): brightness first clamps red
+    # to 1 before graying (luma 0.299 + 0.587 * 0.6 + 0.114 * 0.2 = 0.674); saturation first grays
+    # (luma 0.4267), then doubles (0.8534).
+    pixel = np.array([[[[0.8, 0.3, 0.1]]]], np.float32)
+
+    def jitter(order):
+        return pipeline.color_jitter(pixel, brightness=2.0, saturation=0.0, order=order)
+
+    if graph:
+        jitter = tf.function(jitter)
+    brightness_first = jitter(tf.constant([0, 2, 1, 3])).numpy()
+    saturation_first = jitter(tf.constant([3, 2, 1, 0])).numpy()
+    np.testing.assert_allclose(brightness_first[0, 0, 0], [0.674] * 3, atol=1e-5)
+    np.testing.assert_allclose(saturation_first[0, 0, 0], [0.8534] * 3, atol=1e-5)
+
+
 def test_jitter_rejects_bad_input():
     with pytest.raises(ValueError, match="float32 NHWC"):
         pipeline.color_jitter(np.zeros((1, 4, 4, 3), np.uint8))

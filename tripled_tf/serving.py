@@ -112,17 +112,25 @@ def build_archive(model, height: int, width: int, batch_size: Optional[int] = No
 
     def serve_images(images):
         # Signatures do not enforce their shapes at call time: check rank and channels here.
-        tf.debugging.assert_equal(tf.rank(images), 4,
-                                  message="images: expected rank 4, [batch, height, width, 3]")
-        tf.debugging.assert_equal(tf.shape(images)[-1], 3,
-                                  message="images: expected 3 channels (RGB), [batch, height, width, 3]")
         values = tf.concat([tf.reshape(images, [-1]), [0.5]], axis=0)  # an empty batch passes
-        tf.debugging.assert_greater_equal(
-            tf.reduce_min(values), -1e-3,
-            message="images: expected float32 RGB in [0, 1] (uint8 / 255), found values below 0")
-        tf.debugging.assert_less_equal(
-            tf.reduce_max(values), 1.0 + 1e-3,
-            message="images: expected float32 RGB in [0, 1] (uint8 / 255), found values above 1")
+        checks = [
+            tf.debugging.assert_equal(tf.rank(images), 4,
+                                      message="images: expected rank 4, [batch, height, width, 3]"),
+            tf.debugging.assert_equal(
+                tf.shape(images)[-1], 3,
+                message="images: expected 3 channels (RGB), [batch, height, width, 3]"),
+            tf.debugging.assert_greater_equal(
+                tf.reduce_min(values), -1e-3,
+                message="images: expected float32 RGB in [0, 1] (uint8 / 255), found values below 0"),
+            tf.debugging.assert_less_equal(
+                tf.reduce_max(values), 1.0 + 1e-3,
+                message="images: expected float32 RGB in [0, 1] (uint8 / 255), found values above 1"),
+        ]
+        # The network must wait for the checks: automatic control dependencies only order stateful
+        # ops among themselves, so with one inter-op thread the first convolution could fail first
+        # with TensorFlow's own message instead of ours.
+        with tf.control_dependencies(checks):
+            images = tf.identity(images)
         return at_input_size(_prepare(images, height, width), tf.shape(images)[1:3])
 
     def decode_one(data):
