@@ -35,6 +35,26 @@ def repo_root() -> pathlib.Path:
 # process. Each file is a group (its module fixtures are then built once), except the two longest
 # files, whose tests are spread one by one so that neither process waits on a single file.
 SPREAD_FILES = {"test_trainer.py", "test_configs.py"}
+# Handed out first, in this order (the longest work first), the rest after them in collection order
+# (pyproject turns off xdist's own reordering, which puts the groups with the most tests first and
+# so left the multi-minute single tests and the distributed group for the end, where one process
+# could wait alone on them).
+LONGEST_FIRST = ("one_replica", "test_trainer.py", "test_real_data.py", "test_export.py",
+                 "test_configs.py", "test_training.py")
+
+
+def _group(item) -> str:
+    marker = item.get_closest_marker("xdist_group")
+    if marker is None:
+        return ""
+    return marker.args[0] if marker.args else marker.kwargs.get("name", "")
+
+
+def _rank(item) -> int:
+    for key in (_group(item), item.path.name):
+        if key in LONGEST_FIRST:
+            return LONGEST_FIRST.index(key)
+    return len(LONGEST_FIRST)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
@@ -42,3 +62,4 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name not in SPREAD_FILES and not any(item.iter_markers("xdist_group")):
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    items.sort(key=_rank)  # stable: collection order within a rank
