@@ -395,6 +395,11 @@ def _index_dataset(num_samples: int, config: PipelineConfig, input_context) -> t
     def epoch(number):
         if not config.shuffle:
             return indices
+        # The order must follow config.seed alone. TensorFlow mixes a global seed (tf.random.set_seed,
+        # keras.utils.set_random_seed, which the trainer calls with --seed) into an op's seed, and
+        # with a global seed of 0 it even fails on a tensor op seed (get_seed compares it to 0 in
+        # Python): this function's graph is kept free of it.
+        tf.compat.v1.get_default_graph().seed = None
         return indices.shuffle(buffer, seed=tf.constant(seed, tf.int64) * 1_000_003 + number,
                                reshuffle_each_iteration=False)
 
