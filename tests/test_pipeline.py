@@ -24,6 +24,11 @@ def _batches(dataset, n):
     return [{k: v.numpy() for k, v in b.items()} for b in dataset.take(n)]
 
 
+def _sample_index(arrays, target) -> int:
+    """Which of ``arrays``' samples a batch's (un-augmented) target frame is."""
+    return int(np.argmin(np.abs(arrays["target"] - target).sum(axis=(1, 2, 3))))
+
+
 def _config(**kwargs):
     values = dict(height=H, width=W, batch_size=2, seed=3, deterministic=True)
     values.update(kwargs)
@@ -164,7 +169,7 @@ def test_arrays_dataset_keys_shapes_and_unaugmented_copies():
     assert batch["depth"].shape == (2, H, W, 1) and batch["pose_prev"].shape == (2, 4, 4)
     # Shuffled: find each sample by its target; the plain copies are the input frames untouched.
     for b in range(2):
-        index = int(np.argmin(np.abs(arrays["target"] - batch["target"][b]).sum(axis=(1, 2, 3))))
+        index = _sample_index(arrays, batch["target"][b])
         for key in ("target", "source_prev", "source_next", "depth", "K"):
             np.testing.assert_array_equal(batch[key][b], arrays[key][index])
         assert not np.allclose(batch["target_aug"][b], batch["target"][b], atol=1e-3)
@@ -268,8 +273,7 @@ def test_deterministic_iterations_identical():
     # Every epoch is shuffled anew (6 samples, batches of 2: batches 0-2 are epoch 0, 3-5 epoch 1).
     arrays = _arrays(n=6)
     epochs = _batches(pipeline.arrays_dataset(arrays, _config(augment=False)), 6)
-    order = [[int(np.argmin(np.abs(arrays["target"] - t).sum(axis=(1, 2, 3)))) for t in b["target"]]
-             for b in epochs]
+    order = [[_sample_index(arrays, t) for t in b["target"]] for b in epochs]
     assert sorted(sum(order[:3], [])) == sorted(sum(order[3:], [])) == list(range(6))
     assert sum(order[:3], []) != sum(order[3:], [])
     other = _batches(pipeline.arrays_dataset(_arrays(n=6), _config(seed=4)), 4)
@@ -283,8 +287,7 @@ def test_sample_order_follows_the_config_seed_alone():
 
     def order():
         batches = _batches(pipeline.arrays_dataset(arrays, _config(augment=False)), 6)
-        return [int(np.argmin(np.abs(arrays["target"] - t).sum(axis=(1, 2, 3))))
-                for b in batches for t in b["target"]]
+        return [_sample_index(arrays, t) for b in batches for t in b["target"]]
 
     unseeded = order()
     try:

@@ -133,9 +133,7 @@ def set_threads(threads: int, inter_op_threads: int = 0) -> None:
     executes any op.
 
     The inter-op pool only schedules ops; the compute threads are the intra-op ones (PyTorch's
-    ``set_num_threads``). Pinning it to 2 on this 2-core machine made the baseline step ~5 % slower
-    than TensorFlow's default (tools/bench_compare.py, interleaved), so the default is kept, as in
-    ``python -m tripled_tf.train``, which sets no pool.
+    ``set_num_threads``). Why the inter-op default is kept: the module docstring.
     """
     import tensorflow as tf
 
