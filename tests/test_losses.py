@@ -50,6 +50,24 @@ def test_ssim_hand_computed_3x3_window():
     np.testing.assert_allclose(out[0, 0, 0, 0], np.clip((1 - ssim) / 2, 0, 1), rtol=1e-4)
 
 
+def test_ssim_statistics_are_the_window_mean_and_variance_and_give_the_same_loss():
+    x = np.array([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.7, 0.8, 0.9]], np.float32)
+    y = np.array([[0.9, 0.1, 0.3], [0.2, 0.5, 0.4], [0.6, 0.8, 0.0]], np.float32)
+    statistics = losses.ssim_statistics(y[None, :, :, None])
+    # Interior pixel: the window is the whole image; corner: reflected rows/cols (1, 0, 1).
+    np.testing.assert_allclose(statistics.mean[0, 1, 1, 0], y.mean(), rtol=1e-6)
+    np.testing.assert_allclose(statistics.variance[0, 1, 1, 0], y.var(), rtol=1e-4)
+    corner = y[np.ix_([1, 0, 1], [1, 0, 1])]
+    np.testing.assert_allclose(statistics.variance[0, 0, 0, 0], corner.var(), rtol=1e-4)
+    rng = np.random.default_rng(3)
+    a, b = (rng.random((2, 6, 7, 3)).astype(np.float32) for _ in range(2))
+    shared = losses.ssim_statistics(b)
+    np.testing.assert_allclose(losses.ssim_loss(a, b, shared).numpy(),
+                               losses.ssim_loss(a, b).numpy(), atol=1e-6)
+    np.testing.assert_allclose(losses.photometric_error(a, b, target_statistics=shared).numpy(),
+                               losses.photometric_error(a, b).numpy(), atol=1e-6)
+
+
 def test_box_mean_3x3_is_the_window_average():
     x = np.arange(2 * 5 * 6 * 2, dtype=np.float32).reshape(2, 5, 6, 2) ** 1.5
     out = losses.box_mean_3x3(x).numpy()

@@ -22,6 +22,8 @@ its loss fetched to the host so the time covers the finished step. Extra flags:
             TensorFlow's default)
   --inter_op_threads  TensorFlow's inter-op scheduling pool (default: TensorFlow's default, as
             `python -m tripled_tf.train` runs; pinning it to 2 on 2 cores made the step ~5 % slower)
+  --conv_kernel_gradient  auto (default, as training runs) | matmul | tensorflow: how convolution
+            kernel gradients are computed (tripled_tf/models/conv.py), to compare the two
   --serve   after the first step and the warm-up, print {"ready": true, ...}, then answer lines on
             stdin: "steps N" runs N timed steps and prints {"step_s": [...], "loss": x}; "quit" ends
             with the JSON below (tools/bench_compare.py interleaves several such processes)
@@ -34,6 +36,7 @@ Progress lines go to stdout; the LAST line is one JSON object:
   peak_rss_gib     peak resident memory of the process (ru_maxrss), GiB
   model, height, width, batch_size, steps, warmup, threads, inter_op_threads, depth_layers,
                    jit_compile (the setting the model ran with), dtype_policy (Keras global policy),
+                   conv_kernel_gradient ("matmul" or "tensorflow", as the step ran),
                    mixed_precision (only if the train config has such a field)
   loss_last        loss of the last timed step (null if not finite), loss_finite
   tensorflow, keras, device ("CPU" or the first GPU's name)
@@ -80,6 +83,9 @@ def define_flags() -> None:
                          lower_bound=0)
     flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow inter-op threads (0 = TensorFlow's "
                          "default, as the trainer runs).", lower_bound=0)
+    flags.DEFINE_enum("conv_kernel_gradient", "auto", ["auto", "matmul", "tensorflow"],
+                      "Convolution kernel gradients: matrix products (tripled_tf/models/conv.py), "
+                      "TensorFlow's own kernels, or auto (matrix products on a machine without GPU).")
     flags.DEFINE_bool("serve", False, "Answer the line protocol of tools/bench_compare.py on stdin "
                       "instead of timing --steps steps (progress then goes to stderr).")
 
@@ -220,6 +226,10 @@ def main(argv: Sequence[str]) -> int:
 
     from tripled_tf import train as trainer
     from tripled_tf import training
+    from tripled_tf.models import conv
+
+    if FLAGS.conv_kernel_gradient != "auto":
+        conv.set_matmul_kernel_gradients(FLAGS.conv_kernel_gradient == "matmul")
 
     try:
         train_config, model_config = trainer.configs_from_flags()
@@ -278,7 +288,9 @@ def main(argv: Sequence[str]) -> int:
                   inter_op_threads=FLAGS.inter_op_threads or "default",
                   depth_layers=model_config.depth_layers,
                   depth_decoder=getattr(model_config, "depth_decoder", None),
-                  jit_compile=bool(model.jit_compile), dtype_policy=policy)
+                  jit_compile=bool(model.jit_compile), dtype_policy=policy,
+                  conv_kernel_gradient=("matmul" if conv.matmul_kernel_gradients_enabled()
+                                        else "tensorflow"))
     if hasattr(train_config, "mixed_precision"):
         result["mixed_precision"] = train_config.mixed_precision
     result.update(loss_last=round(loss, 6) if finite else None, loss_finite=finite,

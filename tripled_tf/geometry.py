@@ -172,7 +172,36 @@ def project_coords(depth, T, K, inv_K) -> tf.Tensor:
     Returns:
       [B, H, W, 2] source pixel coordinates (x right, y down, pixel centres at integers).
     """
-    return project(backproject(depth, inv_K), K, T)
+    return tf.stack(_project_xy(depth, T, K, inv_K), axis=-1)
+
+
+def _project_xy(depth, T, K, inv_K):
+    """:func:`project_coords` as two [B, H, W] maps (x, y).
+
+    Equal to ``project(backproject(depth, inv_K), K, T)``, regrouped for the training loss, which
+    warps at every scale: with P = (K · T)[:3], P · (d · K⁻¹ p, 1) = d · (P[:, :3] · K⁻¹) · p + P[:, 3],
+    so the per-pixel work is one multiply-add per coordinate and one division, with no [B, H, W, 4]
+    homogeneous points, no 4x4 product per pixel and no channel slices (whose gradients are
+    full-size scatters).
+    """
+    depth = checks.as_depth(depth)
+    K = checks.as_matrices(K, "K")
+    T = checks.as_matrices(T, "T")
+    inv_K = checks.as_matrices(inv_K, "inv_K")
+    projection = tf.matmul(K, T)[:, :3, :]
+    ray_matrix = tf.matmul(projection[:, :, :3], inv_K[:, :3, :3])[:, :, :, None, None]
+    translation = projection[:, :, 3, None, None]
+    shape = tf.shape(depth)
+    grid_x, grid_y = tf.meshgrid(tf.range(tf.cast(shape[2], tf.float32)),
+                                 tf.range(tf.cast(shape[1], tf.float32)))
+    depth = depth[..., 0]
+
+    def camera(row):  # row i of P · (d K⁻¹ p, 1), [B, H, W]
+        ray = ray_matrix[:, row, 0] * grid_x + ray_matrix[:, row, 1] * grid_y + ray_matrix[:, row, 2]
+        return depth * ray + translation[:, row]
+
+    z = camera(2) + 1e-7
+    return camera(0) / z, camera(1) / z
 
 
 def bilinear_sample(image, coords, sampling: str = "exact") -> tf.Tensor:
@@ -189,15 +218,19 @@ def bilinear_sample(image, coords, sampling: str = "exact") -> tf.Tensor:
       [B, h, w, C] float32. Differentiable w.r.t. ``image`` and ``coords`` (zero coordinate gradient
       where clamped).
     """
+    coords = checks.as_float_tensor(coords, "coords", shape=(None, None, None, 2))
+    return _bilinear_sample_xy(image, coords[..., 0], coords[..., 1], sampling)
+
+
+def _bilinear_sample_xy(image, x, y, sampling: str) -> tf.Tensor:
+    """:func:`bilinear_sample` with the coordinates as two [B, h, w] maps."""
     if sampling not in SAMPLING_MODES:
         raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
     image = checks.as_float_tensor(image, "image", rank=4)
-    coords = checks.as_float_tensor(coords, "coords", shape=(None, None, None, 2))
     shape = tf.shape(image)
     batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
     width_f = tf.cast(width, tf.float32)
     height_f = tf.cast(height, tf.float32)
-    x, y = coords[..., 0], coords[..., 1]
     if sampling == "torch_default":
         x = x * width_f / tf.maximum(width_f - 1.0, 1.0) - 0.5
         y = y * height_f / tf.maximum(height_f - 1.0, 1.0) - 0.5
@@ -218,7 +251,7 @@ def bilinear_sample(image, coords, sampling: str = "exact") -> tf.Tensor:
     y1i = tf.minimum(y0i + 1, height - 1)
 
     flat = tf.reshape(image, tf.stack([batch, height * width, channels]))
-    out_shape = tf.shape(coords)[:3]
+    out_shape = tf.shape(x)
 
     def gather(yi, xi):
         index = tf.reshape(yi * width + xi, tf.stack([batch, -1]))
@@ -244,7 +277,8 @@ def warp(source, depth, T, K, inv_K, sampling: str = "exact") -> tf.Tensor:
     source = checks.as_float_tensor(source, "source", rank=4)
     depth = checks.as_depth(depth)
     checks.same_spatial_size(source, depth, "source", "depth")
-    return bilinear_sample(source, project_coords(depth, T, K, inv_K), sampling)
+    x, y = _project_xy(depth, T, K, inv_K)
+    return _bilinear_sample_xy(source, x, y, sampling)
 
 
 def resize_bilinear(images, size: Sequence[int]) -> tf.Tensor:

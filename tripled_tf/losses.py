@@ -6,7 +6,7 @@ the ``*_loss`` functions, which average over batch and pixels as the references 
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
@@ -40,7 +40,31 @@ def box_mean_3x3(x: tf.Tensor) -> tf.Tensor:
     return tf.nn.depthwise_conv2d(x, columns, [1, 1, 1, 1], "VALID")
 
 
-def ssim_loss(x, y) -> tf.Tensor:
+class SSIMStatistics(NamedTuple):
+    """Local 3x3 statistics of one image for :func:`ssim_loss`: mean and (biased) variance, each
+    [B, H, W, C], from the reflection-padded image (:func:`ssim_statistics`)."""
+    mean: tf.Tensor
+    variance: tf.Tensor
+
+
+def _padded_box_means(stacked: tf.Tensor) -> tf.Tensor:
+    """3x3 means of every channel of ``stacked`` [B, H, W, N] after a 1-pixel reflection pad."""
+    return box_mean_3x3(tf.pad(stacked, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT"))
+
+
+def ssim_statistics(y) -> SSIMStatistics:
+    """The statistics of ``y`` [B, H, W, C] that every :func:`ssim_loss` against ``y`` needs.
+
+    The training losses compare one target with ten images (two raw and eight warped sources), so
+    computing the target's share once saves two of the five 3x3 means per comparison, forward and
+    backward.
+    """
+    y = checks.as_images(y, "y")
+    mu_y, mean_yy = tf.split(_padded_box_means(tf.concat([y, y * y], axis=-1)), 2, axis=-1)
+    return SSIMStatistics(mu_y, mean_yy - mu_y * mu_y)
+
+
+def ssim_loss(x, y, y_statistics: Optional[SSIMStatistics] = None) -> tf.Tensor:
     """Per-pixel SSIM dissimilarity clip((1 − SSIM) / 2, 0, 1) with a 3x3 mean window.
 
     Both images are reflection-padded by one pixel, local means / variances / covariance come from
@@ -48,31 +72,37 @@ def ssim_loss(x, y) -> tf.Tensor:
 
     Args:
       x, y: [B, H, W, C] images in [0, 1], H, W >= 2.
+      y_statistics: ``ssim_statistics(y)`` when already computed (the result is the same).
     Returns:
       [B, H, W, C] in [0, 1]; 0 where the images agree.
     """
     x = checks.as_images(x, "x")
     y = checks.as_images(y, "y")
     checks.same_spatial_size(x, y, "x", "y")
-    # One pooling pass over all five statistics instead of five passes.
-    stacked = tf.concat([x, y, x * x, y * y, x * y], axis=-1)
-    stacked = tf.pad(stacked, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
-    pooled = box_mean_3x3(stacked)
-    mu_x, mu_y, mean_xx, mean_yy, mean_xy = tf.split(pooled, 5, axis=-1)
+    if y_statistics is None:
+        # One pooling pass over all five statistics instead of five passes.
+        pooled = _padded_box_means(tf.concat([x, y, x * x, y * y, x * y], axis=-1))
+        mu_x, mu_y, mean_xx, mean_yy, mean_xy = tf.split(pooled, 5, axis=-1)
+        sigma_y = mean_yy - mu_y * mu_y
+    else:
+        mu_x, mean_xx, mean_xy = tf.split(_padded_box_means(tf.concat([x, x * x, x * y], axis=-1)),
+                                          3, axis=-1)
+        mu_y, sigma_y = y_statistics
     sigma_x = mean_xx - mu_x * mu_x
-    sigma_y = mean_yy - mu_y * mu_y
     sigma_xy = mean_xy - mu_x * mu_y
     numerator = (2.0 * mu_x * mu_y + SSIM_C1) * (2.0 * sigma_xy + SSIM_C2)
     denominator = (mu_x * mu_x + mu_y * mu_y + SSIM_C1) * (sigma_x + sigma_y + SSIM_C2)
     return tf.clip_by_value((1.0 - numerator / denominator) / 2.0, 0.0, 1.0)
 
 
-def photometric_error(pred, target, alpha: float = 0.85, eps: float = 1e-3) -> tf.Tensor:
+def photometric_error(pred, target, alpha: float = 0.85, eps: float = 1e-3,
+                      target_statistics: Optional[SSIMStatistics] = None) -> tf.Tensor:
     """Per-pixel photometric error e = α · mean_c(ssim_loss) + (1 − α) · mean_c(ρ), ρ = Charbonnier.
 
     Args:
       pred: [B, H, W, C] synthesised image; target: [B, H, W, C] target image, both in [0, 1].
       alpha: SSIM weight (0.85); eps: Charbonnier epsilon (1e-3).
+      target_statistics: ``ssim_statistics(target)``, to share between several calls.
     Returns:
       [B, H, W, 1].
     """
@@ -80,7 +110,7 @@ def photometric_error(pred, target, alpha: float = 0.85, eps: float = 1e-3) -> t
     target = checks.as_images(target, "target")
     checks.same_spatial_size(pred, target, "pred", "target")
     robust = tf.reduce_mean(charbonnier(pred, target, eps), axis=-1, keepdims=True)
-    structural = tf.reduce_mean(ssim_loss(pred, target), axis=-1, keepdims=True)
+    structural = tf.reduce_mean(ssim_loss(pred, target, target_statistics), axis=-1, keepdims=True)
     return alpha * structural + (1.0 - alpha) * robust
 
 

@@ -236,10 +236,14 @@ class MonoDepthModel(keras.Model):
         K = checks.as_matrices(_batch_tensor(batch, "K"), "K")
         inv_K = tf.linalg.inv(K)
 
+        # The target's SSIM statistics are shared by all ten comparisons (two identity, eight warped).
+        target_statistics = losses.ssim_statistics(target)
         identity_errors = None
         if cfg.automask:
             # Independent of depth and pose: computed once, shared by all scales.
-            identity_errors = [losses.photometric_error(s, target, cfg.ssim_weight) for s in sources]
+            identity_errors = [losses.photometric_error(s, target, cfg.ssim_weight,
+                                                        target_statistics=target_statistics)
+                               for s in sources]
 
         photometric_total = 0.0
         smoothness_total = 0.0
@@ -254,7 +258,8 @@ class MonoDepthModel(keras.Model):
             warped_errors = []
             for key, source in zip(SOURCE_KEYS, sources):
                 warped = geometry.warp(source, depth, poses[key], K, inv_K, cfg.sampling)
-                warped_errors.append(losses.photometric_error(warped, target, cfg.ssim_weight))
+                warped_errors.append(losses.photometric_error(
+                    warped, target, cfg.ssim_weight, target_statistics=target_statistics))
             loss_map, automask = losses.min_reprojection(warped_errors, identity_errors,
                                                          cfg.identity_noise, self.noise_generator)
             photometric_total += tf.reduce_mean(loss_map) / cfg.num_scales

@@ -16,6 +16,8 @@ import math
 import keras
 import tensorflow as tf
 
+from tripled_tf.models.conv import Conv2D
+
 PADDING_MODES = ("reflect", "zero")
 
 
@@ -40,7 +42,7 @@ def torch_default_bias_initializer(fan_in: int) -> keras.initializers.Initialize
 
 
 @keras.saving.register_keras_serializable(package="tripled_tf")
-class TorchInitConv2D(keras.layers.Conv2D):
+class TorchInitConv2D(Conv2D):
     """``keras.layers.Conv2D`` initialised like ``torch.nn.Conv2d`` (see the module docstring).
 
     Use for every decoder convolution. Padding defaults to "valid": pad explicitly beforehand (as

@@ -30,6 +30,7 @@ import keras
 import tensorflow as tf
 
 from tripled_tf import checks
+from tripled_tf.models.conv import Conv2D
 from tripled_tf.models.layers import BatchNorm2D
 
 # Input normalisation of the depth and pose encoders (Monodepth2 / FeatDepth): (x - 0.45) / 0.225.
@@ -58,18 +59,18 @@ def _resnet_conv_initializer() -> keras.initializers.Initializer:
 
 
 def _conv(filters: int, kernel_size: int, strides: int, name: str,
-          padding: str = "valid") -> keras.layers.Conv2D:
-    return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding=padding, use_bias=False,
+          padding: str = "valid") -> Conv2D:
+    return Conv2D(filters, kernel_size, strides=strides, padding=padding, use_bias=False,
                                kernel_initializer=_resnet_conv_initializer(), name=name)
 
 
-def _conv3x3(filters: int, strides: int, name: str) -> keras.layers.Conv2D:
+def _conv3x3(filters: int, strides: int, name: str) -> Conv2D:
     """3x3 conv with PyTorch's padding 1. At stride 1 that is TF's "same" (symmetric), done inside the
     convolution; at stride 2 the caller pads explicitly (see the module docstring)."""
     return _conv(filters, 3, strides, name, padding="same" if strides == 1 else "valid")
 
 
-def _pad_for(conv: keras.layers.Conv2D, x: tf.Tensor) -> tf.Tensor:
+def _pad_for(conv: Conv2D, x: tf.Tensor) -> tf.Tensor:
     """Pads ``x`` by one pixel unless ``conv`` pads itself."""
     return x if conv.padding == "same" else _zero_pad(x, 1)
 
