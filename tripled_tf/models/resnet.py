@@ -61,7 +61,7 @@ def _resnet_conv_initializer() -> keras.initializers.Initializer:
 def _conv(filters: int, kernel_size: int, strides: int, name: str,
           padding: str = "valid") -> Conv2D:
     return Conv2D(filters, kernel_size, strides=strides, padding=padding, use_bias=False,
-                               kernel_initializer=_resnet_conv_initializer(), name=name)
+                  kernel_initializer=_resnet_conv_initializer(), name=name)
 
 
 def _conv3x3(filters: int, strides: int, name: str) -> Conv2D:
