@@ -118,11 +118,16 @@ def scale_intrinsics(K, scale_x: float, scale_y: float) -> tf.Tensor:
     return K * scale
 
 
-def pixel_grid(height, width) -> tf.Tensor:
-    """Homogeneous pixel-centre coordinates [H, W, 3] = (x, y, 1), x in [0, W-1], y in [0, H-1]."""
+def pixel_coordinates(height, width):
+    """Pixel-centre coordinates as two [H, W] maps (x in [0, W-1], y in [0, H-1])."""
     xs = tf.range(tf.cast(width, tf.float32), dtype=tf.float32)
     ys = tf.range(tf.cast(height, tf.float32), dtype=tf.float32)
-    grid_x, grid_y = tf.meshgrid(xs, ys)
+    return tf.meshgrid(xs, ys)
+
+
+def pixel_grid(height, width) -> tf.Tensor:
+    """Homogeneous pixel-centre coordinates [H, W, 3] = (x, y, 1), x in [0, W-1], y in [0, H-1]."""
+    grid_x, grid_y = pixel_coordinates(height, width)
     return tf.stack([grid_x, grid_y, tf.ones_like(grid_x)], axis=-1)
 
 
@@ -192,8 +197,7 @@ def _project_xy(depth, T, K, inv_K):
     ray_matrix = tf.matmul(projection[:, :, :3], inv_K[:, :3, :3])[:, :, :, None, None]
     translation = projection[:, :, 3, None, None]
     shape = tf.shape(depth)
-    grid_x, grid_y = tf.meshgrid(tf.range(tf.cast(shape[2], tf.float32)),
-                                 tf.range(tf.cast(shape[1], tf.float32)))
+    grid_x, grid_y = pixel_coordinates(shape[1], shape[2])
     depth = depth[..., 0]
 
     def camera(row):  # row i of P · (d K⁻¹ p, 1), [B, H, W]

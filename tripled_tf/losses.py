@@ -79,15 +79,10 @@ def ssim_loss(x, y, y_statistics: Optional[SSIMStatistics] = None) -> tf.Tensor:
     x = checks.as_images(x, "x")
     y = checks.as_images(y, "y")
     checks.same_spatial_size(x, y, "x", "y")
-    if y_statistics is None:
-        # One pooling pass over all five statistics instead of five passes.
-        pooled = _padded_box_means(tf.concat([x, y, x * x, y * y, x * y], axis=-1))
-        mu_x, mu_y, mean_xx, mean_yy, mean_xy = tf.split(pooled, 5, axis=-1)
-        sigma_y = mean_yy - mu_y * mu_y
-    else:
-        mu_x, mean_xx, mean_xy = tf.split(_padded_box_means(tf.concat([x, x * x, x * y], axis=-1)),
-                                          3, axis=-1)
-        mu_y, sigma_y = y_statistics
+    mu_y, sigma_y = ssim_statistics(y) if y_statistics is None else y_statistics
+    # One pooling pass over the three statistics that involve x instead of three passes.
+    mu_x, mean_xx, mean_xy = tf.split(_padded_box_means(tf.concat([x, x * x, x * y], axis=-1)),
+                                      3, axis=-1)
     sigma_x = mean_xx - mu_x * mu_x
     sigma_xy = mean_xy - mu_x * mu_y
     numerator = (2.0 * mu_x * mu_y + SSIM_C1) * (2.0 * sigma_xy + SSIM_C2)

@@ -67,12 +67,12 @@ def set_matmul_kernel_gradients(enabled) -> None:
 @contextlib.contextmanager
 def matmul_kernel_gradients(enabled: bool):
     """Forces the matrix-product kernel gradient on or off while tracing inside the block."""
-    global _ENABLED
-    previous, _ENABLED = _ENABLED, bool(enabled)
+    previous = _ENABLED
+    set_matmul_kernel_gradients(enabled)
     try:
         yield
     finally:
-        _ENABLED = previous
+        set_matmul_kernel_gradients(previous)
 
 
 def _same_padding(size: int) -> tuple:
