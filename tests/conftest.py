@@ -12,8 +12,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # with a faster pipeline build; one run each).
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+# As the entry points do (tripled_tf.cli.use_onednn_by_default): importing tripled_tf no longer sets
+# it, and without it TensorFlow runs its slower Eigen kernels on CPUs without AVX-512 VNNI (AVX2
+# machines, e.g. the AMD EPYC CI machines), for the tests and the subprocesses they start.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import pytest
+
+if os.environ.get("TRIPLED_TEST_GRAPPLER", "0") != "1":
+    # Grappler, TensorFlow's graph optimiser, spends ~7 s on each traced training step of the
+    # ResNet-18 models (24k graph nodes: Keras' Adam is unrolled per variable) before its first run,
+    # to speed up steps that here run a handful of times on tiny tensors (a step ran 0.44 s without
+    # it, 0.72 s with it). Its rewrites (fusions, pruning) compute the same values; users' runs keep
+    # it, and TRIPLED_TEST_GRAPPLER=1 runs the tests with it. Subprocesses (the CLI tests) keep it.
+    import tensorflow as tf
+
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("TRIPLED_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -27,21 +41,85 @@ def shared_data() -> pathlib.Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def restore_flags():
+    """Leaves absl's global flag values (and their parsed / unparsed state) as they were."""
+    import keras
+    from absl import flags
+    from absl.testing import flagsaver
+
+    was_parsed = flags.FLAGS.is_parsed()
+    saved = flagsaver.save_flag_values(flags.FLAGS)
+    try:
+        yield
+    finally:
+        flagsaver.restore_flag_values(saved, flags.FLAGS)
+        if not was_parsed:
+            flags.FLAGS.unparse_flags()
+        keras.backend.clear_session()
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> pathlib.Path:
     return REPO_ROOT
 
 
+@pytest.fixture(scope="session")
+def poisoned_copy():
+    """copy(run_dir, dest) -> dest: a copy of a run folder whose checkpoint's weights are all NaN
+    (what a diverged run leaves), written into the .h5 directly, whatever saving would refuse."""
+    def copy(run_dir, dest):
+        import shutil
+
+        import h5py
+        import numpy as np
+
+        from tripled_tf import checkpoint
+
+        shutil.copytree(run_dir, dest)
+        with h5py.File(checkpoint.latest_checkpoint(dest)["weights"], "r+") as weights:
+            def poison(_, item):
+                if isinstance(item, h5py.Dataset) and np.issubdtype(item.dtype, np.floating):
+                    item[...] = np.nan
+            weights.visititems(poison)
+        return pathlib.Path(dest)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def untrained_run():
+    """``untrained_run(folder, network)`` -> a run folder (config.json + checkpoint) of an untrained
+    ResNet-18 "tripled" or "baseline" network on the synthetic scene at 64x96, without training: for
+    the export checks, which must reproduce a network whatever its weights."""
+    def make(folder: pathlib.Path, network: str) -> pathlib.Path:
+        import dataclasses
+
+        from tripled_tf import checkpoint, train_config, train_sources
+        from tripled_tf.models.depth_model import DepthModelConfig
+        from tripled_tf.models.tripled_net import TripleDConfig
+
+        train = train_config.TrainConfig(model=network, dataset="synthetic", height=64, width=96,
+                                     num_train_samples=4, num_val_samples=0, encoder_weights="none")
+        model_config = (TripleDConfig(depth_layers=18, extractor_layers=18, pose_layers=18)
+                        if network == "tripled" else DepthModelConfig(depth_layers=18, pose_layers=18))
+        model = train_sources.build_model(train, model_config, load_pretrained=False)
+        checkpoint.save_checkpoint(model, folder, 0, with_state=False)
+        checkpoint.write_json(folder / checkpoint.CONFIG_FILE,
+                              {"train": dataclasses.asdict(train), "model": model_config.to_dict()})
+        return folder
+    return make
+
+
 # pyproject runs the suite in 2 xdist processes with --dist loadgroup: tests of one group go to one
 # process. Each file is a group (its module fixtures are then built once), except the two longest
 # files, whose tests are spread one by one so that neither process waits on a single file.
-SPREAD_FILES = {"test_trainer.py", "test_configs.py"}
+SPREAD_FILES = {"test_training.py", "test_configs.py"}
 # Handed out first, in this order (the longest work first), the rest after them in collection order
 # (pyproject turns off xdist's own reordering, which puts the groups with the most tests first and
 # so left the multi-minute single tests and the distributed group for the end, where one process
 # could wait alone on them).
-LONGEST_FIRST = ("one_replica", "test_trainer.py", "test_real_data.py", "test_export.py",
-                 "test_configs.py", "test_training.py")
+LONGEST_FIRST = ("one_replica", "test_training.py", "test_real_data.py", "test_export.py",
+                 "test_edge_gpu.py", "test_configs.py", "test_train.py")
 
 
 def _group(item) -> str:

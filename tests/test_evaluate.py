@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tripled_tf import evaluation, geometry, training
+from tripled_tf import evaluation, geometry, train_config, training
 from tripled_tf.data import kitti, synthetic
 from tripled_tf.models.depth_model import DepthModelConfig
 
@@ -155,7 +155,7 @@ def cv2_rotation(rvec):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("eval") / "run"
-    config = training.TrainConfig(model="baseline", dataset="synthetic", height=64, width=96,
+    config = train_config.TrainConfig(model="baseline", dataset="synthetic", height=64, width=96,
                                   batch_size=1, num_steps=1, num_train_samples=2, num_val_samples=0,
                                   num_preview=1, verbose=0, run_eagerly=True, image_summary_every=0,
                                   log_dir=str(folder))
@@ -266,3 +266,14 @@ def test_cli_bad_input_is_one_error_line(run_dir, tmp_path, args, message):
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("task", ["depth", "pose"])
+def test_cli_refuses_a_model_with_nan_weights(run_dir, tmp_path, poisoned_copy, task):
+    poisoned = poisoned_copy(run_dir, tmp_path / "poisoned")
+    proc = _evaluate([f"--checkpoint={poisoned}", f"--task={task}", "--dataset=synthetic",
+                      "--num_samples=6", f"--output_json={tmp_path / 'eval.json'}"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "NaN/Inf" in errors[0] and str(poisoned) in errors[0], proc.stderr[-2000:]
+    assert not (tmp_path / "eval.json").exists()

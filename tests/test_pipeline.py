@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tripled_tf import geometry
-from tripled_tf.data import pipeline
+from tripled_tf.data import augmentation, pipeline
 from tripled_tf.data.pipeline import PipelineConfig
 from tripled_tf.data.records import BadInputError, SkipReport, TripletRecord
 
@@ -70,7 +70,7 @@ def _records(paths):
 
 def test_jitter_identity_factors():
     image = np.random.default_rng(0).uniform(0, 1, (2, 8, 8, 3)).astype(np.float32)
-    out = pipeline.color_jitter(image, 1.0, 1.0, 1.0, 0.0, order=(3, 2, 1, 0)).numpy()
+    out = augmentation.color_jitter(image, 1.0, 1.0, 1.0, 0.0, order=(3, 2, 1, 0)).numpy()
     np.testing.assert_allclose(out, image, atol=2e-6)
 
 
@@ -82,26 +82,26 @@ def test_brightness_contrast_saturation_by_hand():
     luma_a = 0.299 * 0.2 + 0.587 * 0.4 + 0.114 * 0.6  # 0.4122
     luma_b = 0.299 * 0.8 + 0.587 * 0.6 + 0.114 * 0.4  # 0.6370
     mean = (luma_a + luma_b) / 2
-    bright = pipeline.color_jitter(image, brightness=1.5).numpy()
+    bright = augmentation.color_jitter(image, brightness=1.5).numpy()
     np.testing.assert_allclose(bright[0, 0, 0], (0.3, 0.6, 0.9), atol=1e-6)
     np.testing.assert_allclose(bright[0, 0, 1], (1.0, 0.9, 0.6), atol=1e-6)  # 1.2 clamped to 1
-    contrast = pipeline.color_jitter(image, contrast=0.5).numpy()
+    contrast = augmentation.color_jitter(image, contrast=0.5).numpy()
     np.testing.assert_allclose(contrast[0, 0, 0], 0.5 * np.array([0.2, 0.4, 0.6]) + 0.5 * mean, atol=1e-6)
     np.testing.assert_allclose(contrast[0, 1, 1], 0.5 * np.array([0.8, 0.6, 0.4]) + 0.5 * mean, atol=1e-6)
-    saturation = pipeline.color_jitter(image, saturation=0.0).numpy()  # -> gray
+    saturation = augmentation.color_jitter(image, saturation=0.0).numpy()  # -> gray
     np.testing.assert_allclose(saturation[0, 0, 0], [luma_a] * 3, atol=1e-6)
     np.testing.assert_allclose(saturation[0, 0, 1], [luma_b] * 3, atol=1e-6)
     # Order matters: brightness 2 then saturation 0 = gray of the clamped image.
-    ordered = pipeline.color_jitter(image, brightness=2.0, saturation=0.0, order=(0, 2, 1, 3)).numpy()
+    ordered = augmentation.color_jitter(image, brightness=2.0, saturation=0.0, order=(0, 2, 1, 3)).numpy()
     np.testing.assert_allclose(ordered[0, 0, 1], [0.299 + 0.587 + 0.114 * 0.8] * 3, atol=1e-6)
 
 
 def test_hue_shift_red_to_green_and_tensor_order():
     red = np.zeros((1, 2, 2, 3), np.float32)
     red[..., 0] = 1.0
-    green = pipeline.color_jitter(red, hue=1.0 / 3.0).numpy()
+    green = augmentation.color_jitter(red, hue=1.0 / 3.0).numpy()
     np.testing.assert_allclose(green[0, 0, 0], (0, 1, 0), atol=1e-5)
-    blue = pipeline.color_jitter(red, hue=-1.0 / 3.0, order=tf.constant([3, 1, 0, 2])).numpy()
+    blue = augmentation.color_jitter(red, hue=-1.0 / 3.0, order=tf.constant([3, 1, 0, 2])).numpy()
     np.testing.assert_allclose(blue[0, 0, 0], (0, 0, 1), atol=1e-5)
 
 
@@ -113,7 +113,7 @@ def test_tensor_order_applies_the_steps_in_that_order(graph):
     pixel = np.array([[[[0.8, 0.3, 0.1]]]], np.float32)
 
     def jitter(order):
-        return pipeline.color_jitter(pixel, brightness=2.0, saturation=0.0, order=order)
+        return augmentation.color_jitter(pixel, brightness=2.0, saturation=0.0, order=order)
 
     if graph:
         jitter = tf.function(jitter)
@@ -125,11 +125,11 @@ def test_tensor_order_applies_the_steps_in_that_order(graph):
 
 def test_jitter_rejects_bad_input():
     with pytest.raises(ValueError, match="float32 NHWC"):
-        pipeline.color_jitter(np.zeros((1, 4, 4, 3), np.uint8))
+        augmentation.color_jitter(np.zeros((1, 4, 4, 3), np.uint8))
     with pytest.raises(ValueError, match="NHWC"):
-        pipeline.color_jitter(np.zeros((1, 3, 4, 4), np.float32))
+        augmentation.color_jitter(np.zeros((1, 3, 4, 4), np.float32))
     with pytest.raises(ValueError, match="permutation"):
-        pipeline.color_jitter(np.zeros((1, 4, 4, 3), np.float32), order=(0, 0, 1, 2))
+        augmentation.color_jitter(np.zeros((1, 4, 4, 3), np.float32), order=(0, 0, 1, 2))
 
 
 def _brightness_only(per_frame):
@@ -200,6 +200,17 @@ def test_flip_images_intrinsics_depth_and_poses():
     np.testing.assert_allclose(batch["pose_prev"], F @ arrays["pose_prev"] @ F, atol=1e-7)
 
 
+def test_flip_keeping_intrinsics_as_the_references_do():
+    arrays = _arrays()
+    config = _config(flip_prob=1.0, jitter_prob=0.0, shuffle=False, repeat=False, batch_size=4,
+                     flip_keeps_intrinsics=True)
+    (batch,) = _batches(pipeline.arrays_dataset(arrays, config), 1)
+    np.testing.assert_array_equal(batch["target"], arrays["target"][:, :, ::-1])
+    np.testing.assert_array_equal(batch["K"], arrays["K"])  # cx stays 32, not 64 - 1 - 32
+    F = np.diag([-1.0, 1, 1, 1]).astype(np.float32)
+    np.testing.assert_allclose(batch["pose_prev"], F @ arrays["pose_prev"] @ F, atol=1e-7)
+
+
 def test_flipped_warp_reproduces_flipped_target():
     """Warping the flipped source with flipped depth, mirrored pose and flipped K gives the mirror
     image of the unflipped warp (exactly: u -> W - 1 - u), which approximates the flipped target."""
@@ -225,9 +236,9 @@ def test_flipped_warp_reproduces_flipped_target():
 
 def test_flip_helpers_validate():
     with pytest.raises(ValueError, match=r"\[B, 4, 4\]"):
-        pipeline.flip_intrinsics(np.eye(3, dtype=np.float32)[None], W)
+        augmentation.flip_intrinsics(np.eye(3, dtype=np.float32)[None], W)
     with pytest.raises(ValueError, match=r"\[B, 4, 4\]"):
-        pipeline.flip_pose(np.eye(4, dtype=np.float32))
+        augmentation.flip_pose(np.eye(4, dtype=np.float32))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,7 +247,7 @@ def test_flip_helpers_validate():
 
 def test_erase_mask_single_hole_and_bounds():
     for s in range(10):
-        mask = pipeline.erase_mask(H, W, count=1, size=16, seed=tf.constant([s, 0], tf.int64)).numpy()
+        mask = augmentation.erase_mask(H, W, count=1, size=16, seed=tf.constant([s, 0], tf.int64)).numpy()
         assert mask.shape == (H, W, 1)
         rows, cols = np.nonzero(mask[..., 0] == 0)
         assert len(rows) == 256
@@ -246,7 +257,7 @@ def test_erase_mask_single_hole_and_bounds():
 
 
 def test_erase_mask_default_counts_and_per_sample():
-    masks = [pipeline.erase_mask(64, 96, seed=tf.constant([s, 1], tf.int64)).numpy() for s in range(5)]
+    masks = [augmentation.erase_mask(64, 96, seed=tf.constant([s, 1], tf.int64)).numpy() for s in range(5)]
     for mask in masks:
         assert set(np.unique(mask)) <= {0.0, 1.0}
         zeros = int((mask == 0).sum())
@@ -257,7 +268,7 @@ def test_erase_mask_default_counts_and_per_sample():
     (batch,) = _batches(pipeline.arrays_dataset(_arrays(), _config()), 1)
     assert not np.array_equal(batch["erase_mask"][0], batch["erase_mask"][1])
     with pytest.raises(ValueError, match="at least 18x18"):
-        pipeline.erase_mask(16, 64)
+        augmentation.erase_mask(16, 64)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -400,6 +411,46 @@ def test_bad_file_raises_naming_it_or_is_skipped(tmp_path, problem):
     assert len(_batches(dataset, 10)) == 1
     assert len(report) == 3 and dataset.skip_report is report
     assert bad.name in report.skipped[0]
+
+
+def test_every_sample_bad_stops_instead_of_filtering_forever(tmp_path):
+    paths = _write_frames(tmp_path, 5, H, W)
+    for path in paths:
+        pathlib.Path(path).write_bytes(b"")  # zero-byte frames: nothing decodes
+    config = _config(batch_size=1, skip_bad_frames=True)  # repeated: the filter would spin forever
+    dataset = pipeline.records_dataset(_records(paths), config)
+    with pytest.raises(tf.errors.OpError, match=r"none of the 3 samples can be used.*skipped 3"):
+        _batches(dataset, 1)
+    assert dataset.skip_report.by_cause() == {"unreadable file": 3}
+
+
+def test_skips_while_decoding_are_counted_once_by_cause(tmp_path):
+    paths = _write_frames(tmp_path, 6, H, W)
+    pathlib.Path(paths[3]).write_bytes(pathlib.Path(paths[3]).read_bytes()[:100])  # in 3 of 4 samples
+    report = SkipReport()
+    config = _config(batch_size=1, skip_bad_frames=True)
+    for _ in range(2):  # two datasets over the same records (training, previews) and several epochs
+        assert len(_batches(pipeline.records_dataset(_records(paths), config, skip_report=report), 3)) == 3
+    assert len(report) == 3 and report.by_cause() == {"unreadable file": 3}
+    assert report.summary().startswith("skipped 3 [3 unreadable file]: ")
+    assert report.as_dict()["total"] == 3
+
+
+def test_a_frame_of_another_size_in_a_triplet_is_refused_or_skipped(tmp_path):
+    paths = _write_frames(tmp_path, 5, H, W)
+    odd = pathlib.Path(paths[2])
+    cv2.imwrite(str(odd), np.zeros((H + 2, W, 3), np.uint8))  # resized to the training size silently before
+    records = _records(paths)  # samples 1, 2, 3 hold frame 2 as prev, target, next
+    config = _config(batch_size=1, shuffle=False, repeat=False)
+    with pytest.raises(tf.errors.OpError, match=rf"{odd.name}: frame is {W}x{H + 2} but the other frame\(s\) "
+                                                rf"of its triplet are {W}x{H}"):
+        _batches(pipeline.records_dataset(records, config), 3)
+    extra = [TripletRecord(paths[0], paths[1], paths[0], KITTI, name="good")]
+    config = _config(batch_size=1, shuffle=False, repeat=False, skip_bad_frames=True)
+    dataset = pipeline.records_dataset(records + extra, config)
+    assert len(_batches(dataset, 10)) == 1
+    assert dataset.skip_report.by_cause() == {"frame size mismatch": 3}
+    assert all(odd.name in message for message in dataset.skip_report.skipped)
 
 
 def test_missing_frame(tmp_path):

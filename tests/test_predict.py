@@ -3,7 +3,7 @@ height, and bad input.
 
 A 1-step ResNet-18 baseline at 64x64 (trained once per module) stands in for a real model where the
 plumbing is under test; where the numbers are under test, an analytic "model" that predicts the exact
-disparity of a flat ground plane takes its place through :class:`predict.DepthFunction`.
+disparity of a flat ground plane takes its place through :class:`inference.DepthFunction`.
 """
 import io
 import json
@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tripled_tf import predict
+from tripled_tf import frame_sources, ground_plane, inference, prediction
 from tripled_tf.data.records import BadInputError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -75,7 +75,8 @@ def _last_json(stdout):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     from tripled_tf.models.depth_model import DepthModelConfig
-    from tripled_tf.training import TrainConfig, train
+    from tripled_tf.train_config import TrainConfig
+    from tripled_tf.training import train
 
     log_dir = tmp_path_factory.mktemp("predict_model") / "run"
     train(TrainConfig(model="baseline", dataset="synthetic", height=64, width=64, batch_size=1,
@@ -145,9 +146,9 @@ def test_folder_in_natural_order_matches_the_evaluation_recipe(run_dir, tmp_path
     _write_image(folder / "frame_10.png", 64, 64, seed=2)  # already at the model's size
     _write_image(folder / "frame_2.jpg", 40, 90, seed=3)
     _write_image(folder / "frame_1.png", 96, 128, seed=4)
-    depth_fn = predict.load_depth_fn(run_dir)
+    depth_fn = inference.load_depth_fn(run_dir)
     assert depth_fn.input_size == (64, 64)
-    summary = predict.predict_source(predict.FrameSource(folder), depth_fn, tmp_path / "out",
+    summary = prediction.predict_source(frame_sources.FrameSource(folder), depth_fn, tmp_path / "out",
                                      progress=False)
     assert summary["frames"] == 3
     index = json.loads((tmp_path / "out" / "predictions.json").read_text())
@@ -191,6 +192,25 @@ def test_video_writes_every_frame_and_a_side_by_side_video(run_dir, tmp_path):
     assert not list(out.glob("*.partial.mp4")) and not list(out.glob("*.tmp"))
 
 
+def test_a_truncated_video_is_predicted_as_far_as_it_decodes_with_a_warning(tmp_path, capsys):
+    video = tmp_path / "drive.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 32))
+    for i in range(12):
+        writer.write(_image(32, 64, seed=i))
+    writer.release()
+    data = video.read_bytes()
+    video.write_bytes(data[:int(len(data) * 0.6)])  # the header still declares 12 frames
+    constant = inference.DepthFunction(lambda images: np.full((len(images), 16, 32), 0.5, np.float32),
+                                       (32, 64), 0.1, 100.0)
+    summary = prediction.predict_source(frame_sources.FrameSource(video), constant, tmp_path / "out",
+                                     side_by_side=False, progress=False)
+    assert 0 < summary["frames"] < 12 and summary["missing_frames"] == 12 - summary["frames"]
+    warning = f"warning: {video}: decoded {summary['frames']} of the 12 frames the video declares"
+    assert warning in capsys.readouterr().err
+    index = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert index["missing_frames"] == 12 - summary["frames"]
+
+
 # ------------------------------------------------------------------------------------------------
 # Metric scale from the camera height, from first principles
 
@@ -214,7 +234,7 @@ def test_scale_from_camera_height_recovers_an_unknown_factor():
     truth[:, 110:141] = np.minimum(truth[:, 110:141], 4.0)  # a car's back 4 m ahead occludes the road
     factor = 0.37  # what a monocular network's relative depth is off by
     noise = 1 + 0.02 * np.random.default_rng(0).standard_normal(truth.shape)
-    fit = predict.scale_from_camera_height(truth * factor * noise, K, camera_height=1.5)
+    fit = ground_plane.scale_from_camera_height(truth * factor * noise, K, camera_height=1.5)
     assert fit.scale * factor == pytest.approx(1.0, rel=0.01)
     assert fit.distance == pytest.approx(1.5 * factor, rel=0.01)
     assert fit.tilt_deg == pytest.approx(5.0, abs=0.2)
@@ -223,8 +243,8 @@ def test_scale_from_camera_height_recovers_an_unknown_factor():
 
 def test_scale_from_camera_height_refuses_a_wall():
     K = np.array([[150.0, 0, 99.5], [0, 150.0, 59.5], [0, 0, 1]])
-    with pytest.raises(predict.GroundPlaneError, match="horizontal"):
-        predict.scale_from_camera_height(np.full((120, 200), 5.0), K, camera_height=1.5)
+    with pytest.raises(ground_plane.GroundPlaneError, match="horizontal"):
+        ground_plane.scale_from_camera_height(np.full((120, 200), 5.0), K, camera_height=1.5)
 
 
 class _PlaneModel:
@@ -248,7 +268,7 @@ class _PlaneModel:
 
 def _plane_depth_fn(depths):
     model = _PlaneModel(depths)
-    return predict.DepthFunction(model, (64, 96), model.min_depth, model.max_depth, "analytic plane")
+    return inference.DepthFunction(model, (64, 96), model.min_depth, model.max_depth, "analytic plane")
 
 
 def test_metric_depth_and_point_cloud_from_camera_height(tmp_path):
@@ -258,8 +278,8 @@ def test_metric_depth_and_point_cloud_from_camera_height(tmp_path):
     folder.mkdir()
     _write_image(folder / "a.png", 64, 96)
     factor = 0.4
-    intrinsics = predict.resolve_intrinsics(fx=60.0, fy=60.0, cx=47.5, cy=31.5)
-    summary = predict.predict_source(predict.FrameSource(folder), _plane_depth_fn([truth * factor]),
+    intrinsics = frame_sources.resolve_intrinsics(fx=60.0, fy=60.0, cx=47.5, cy=31.5)
+    summary = prediction.predict_source(frame_sources.FrameSource(folder), _plane_depth_fn([truth * factor]),
                                      tmp_path / "out", intrinsics=intrinsics, ply=True, ply_binary=False,
                                      camera_height=1.6, progress=False)
     assert summary["scale"].startswith("metric (camera height 1.6 m, plane fit")
@@ -286,10 +306,10 @@ def test_a_failing_frame_leaves_no_index_and_no_partial_file(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "predictions.json").write_text("{}")  # from an earlier run: must not vouch for this one
-    intrinsics = predict.resolve_intrinsics(fx=60.0, fy=60.0, cx=47.5, cy=31.5)
+    intrinsics = frame_sources.resolve_intrinsics(fx=60.0, fy=60.0, cx=47.5, cy=31.5)
     wall = np.full((64, 96), 5.0)  # frame 2 sees no ground
     with pytest.raises(BadInputError, match="f2.png: --camera_height: no ground plane"):
-        predict.predict_source(predict.FrameSource(folder),
+        prediction.predict_source(frame_sources.FrameSource(folder),
                                _plane_depth_fn([_ground_depth(64, 96, K, 1.6), wall]), out,
                                intrinsics=intrinsics, camera_height=1.6, batch_size=1, progress=False)
     assert (out / "f1_depth.npy").is_file() and not (out / "f2_depth.npy").exists()
@@ -356,3 +376,15 @@ def test_helpfull_states_the_scale_assumption(tmp_path):
     proc = _run_predict(["--helpfull"], tmp_path)  # absl exits 1 after printing help
     text = " ".join(proc.stdout.split())
     assert "--camera_height" in text and "flat road" in text and "roughly level" in text
+
+
+def test_a_model_with_nan_weights_is_refused_with_one_error_line(run_dir, tmp_path, poisoned_copy):
+    poisoned = poisoned_copy(run_dir, tmp_path / "poisoned")
+    image = _write_image(tmp_path / "a.png", 32, 32)
+    out = tmp_path / "out"
+    proc = _run_predict([f"--input={image}", f"--checkpoint={poisoned}", f"--output_dir={out}"], tmp_path)
+    assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-3000:])
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and proc.stderr.strip().splitlines()[-1] == errors[0], proc.stderr[-3000:]
+    assert str(poisoned) in errors[0] and "NaN/Inf for 1 of 1 images" in errors[0]
+    assert not out.exists() or not list(out.iterdir())  # no all-NaN depth map, no predictions.json

@@ -1,260 +1,344 @@
-"""The baseline model, its train step and the training entry point."""
+"""The trainer (tripled_tf.training): exact resume (also after SIGKILL), the NaN/Inf guard, determinism,
+mixed precision, TensorBoard summaries.
+
+Tiny baseline models (ResNet-18, 64x64) keep each run to seconds; the TripleDNet configs are smoke-run
+in test_configs.py, distribution is in test_train_distribution.py.
+"""
+import dataclasses
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
-import cv2
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tripled_tf import checkpoint, evaluation
+from tripled_tf import checkpoint, training
 from tripled_tf.data import synthetic
+from tripled_tf.data.records import SettingError
 from tripled_tf.models.depth_model import DepthModelConfig, MonoDepthModel
-from tripled_tf.schedules import WarmupStepDecay
+from tripled_tf.train_callbacks import NonFiniteLossError, TrainingCallback
+from tripled_tf.train_config import TrainConfig, schedule_in_steps
+from training_runs import run_script, subprocess_env, weights
 
-HEIGHT, WIDTH = 64, 128
-
-
-@pytest.fixture(scope="module")
-def batch():
-    data = synthetic.make_triplets(2, HEIGHT, WIDTH, seed=3, split="train")
-    return {k: tf.constant(v) for k, v in data.items()}
+MODEL = DepthModelConfig(depth_layers=18, pose_layers=18, pose_input_size=None)
 
 
-def _model():
-    model = MonoDepthModel(DepthModelConfig(pose_input_size=None))
-    model.build_for_size(HEIGHT, WIDTH)
-    return model
+def _config(tmp_path, name="run", **changes) -> TrainConfig:
+    values = dict(model="baseline", dataset="synthetic", height=64, width=64, batch_size=2,
+                  num_steps=4, num_train_samples=6, num_val_samples=0, num_preview=1,
+                  learning_rate=1e-3, warmup_steps=0, verbose=0, run_eagerly=True,
+                  image_summary_every=0, summary_every=1, log_dir=str(tmp_path / name))
+    values.update(changes)
+    return TrainConfig(**values)
 
 
-def test_warmup_step_decay_matches_reference_formula():
-    schedule = WarmupStepDecay(1e-4, warmup_steps=500, warmup_ratio=1 / 3, decay_steps=[1000],
-                               decay_factor=0.5)
-    # lr_it = lr·(1 − (1 − it/500)·(2/3)): it=0 -> lr/3, it=250 -> 2/3·lr, it>=500 -> lr
-    np.testing.assert_allclose([float(schedule(s)) for s in (0, 250, 500, 999, 1000, 5000)],
-                               [1e-4 / 3, 2e-4 / 3, 1e-4, 1e-4, 5e-5, 5e-5], rtol=1e-5)
+# ------------------------------------------------------------------------------------------------
+# Resume.
 
 
-def test_outputs_and_predict_depth_range():
-    model = _model()
-    images = tf.random.uniform([2, HEIGHT, WIDTH, 3])
-    disps = model(images, training=False)
-    assert [tuple(d.shape) for d in disps] == [(2, HEIGHT // 2 ** (s + 1), WIDTH // 2 ** (s + 1), 1)
-                                               for s in range(4)]
-    disp, depth = model.predict_depth(images)
-    assert disp.shape == (2, HEIGHT, WIDTH, 1)
-    assert float(tf.reduce_min(depth)) >= 0.1 - 1e-6 and float(tf.reduce_max(depth)) <= 100.0 + 1e-3
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path):
+    model = MODEL  # with dropout: its RNG state is part of the checkpoint
+    straight = training.train(_config(tmp_path, "straight", num_steps=4), model)
+    training.train(_config(tmp_path, "split", num_steps=2), model)
+    after_two = weights(tmp_path / "split")
+    with pytest.raises(checkpoint.RunFolderError, match="--resume"):
+        training.train(_config(tmp_path, "split", num_steps=4), model)
+    resumed = training.train(_config(tmp_path, "split", num_steps=4, resume=True), model)
+    assert resumed["resumed_from"] == 2 and resumed["steps"] == straight["steps"] == 4
+    # Same weights as the uninterrupted run: optimiser moments, step count (learning rate), dropout
+    # and automask-noise RNG states and data position all came back. Two more steps do change them.
+    for a, b, c in zip(weights(tmp_path / "straight"), weights(tmp_path / "split"), after_two):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert any(not np.allclose(a, c) for a, c in zip(weights(tmp_path / "straight"), after_two))
 
 
-def test_loss_gradients_reach_every_network(batch):
-    model = _model()
-    with tf.GradientTape() as tape:
-        values = model.compute_losses(batch, training=True)
-    grads = tape.gradient(values["loss"], model.trainable_variables)
-    names = [v.path for v, g in zip(model.trainable_variables, grads) if g is None]
-    assert not names, f"no gradient for {names[:5]}"
-    assert all(np.all(np.isfinite(g.numpy())) for g in grads)
-    for part in ("depth_encoder", "depth_decoder", "pose_net"):
-        norm = tf.linalg.global_norm([g for v, g in zip(model.trainable_variables, grads)
-                                      if v.path.startswith(part)])
-        assert float(norm) > 0, part
-    assert 0.0 <= float(values["automask_fraction"]) <= 1.0
-    # total = photometric + 1e-3 · smoothness
-    np.testing.assert_allclose(float(values["loss"]),
-                               float(values["photometric"]) + 1e-3 * float(values["smoothness"]),
-                               rtol=1e-5)
+def test_resume_refuses_a_folder_without_checkpoint_and_another_data_order(tmp_path):
+    # A typo in --log_dir: nothing to resume, nothing created.
+    with pytest.raises(checkpoint.RunFolderError, match=r"--resume: .*typo holds no checkpoint"):
+        training.train(_config(tmp_path, "typo", num_steps=1, resume=True), MODEL)
+    assert not (tmp_path / "typo").exists()
+    training.train(_config(tmp_path, num_steps=1), MODEL)
+    saved = (tmp_path / "run" / checkpoint.CONFIG_FILE).read_text()
+    # Another batch size or seed would continue at another data position: refused, naming both.
+    with pytest.raises(checkpoint.RunFolderError,
+                       match=r"--batch_size=2 \(now 3\), --seed=1024 \(now 7\).*data order"):
+        training.train(_config(tmp_path, num_steps=2, resume=True, batch_size=3, seed=7), MODEL)
+    assert (tmp_path / "run" / checkpoint.CONFIG_FILE).read_text() == saved
 
 
-@pytest.mark.parametrize("decoder", ["featdepth", "monodepth2"])
-def test_reprojection_loss_equals_its_per_scale_definition(batch, decoder):
-    """The batched loss (scales stacked along the batch axis) = METHOD.md §4 written scale by scale:
-    mean over scales of mean(min(identity errors, warped errors)) + 1e-3 · Σ_s S_s / 2^s / 4."""
-    from tripled_tf import geometry, losses
-
-    model = MonoDepthModel(DepthModelConfig(pose_input_size=None, depth_decoder=decoder,
-                                            identity_noise=0.0))
-    model.build_for_size(HEIGHT, WIDTH)
-    disparities = model(batch["target"], training=False)
-    if decoder == "monodepth2":
-        assert disparities[0].shape[1:3] == (HEIGHT, WIDTH) and model.output_stride == 1
-    poses = model.predict_poses(batch, training=False)
-    values = model._reprojection_losses(batch, disparities, poses)
-
-    target, K = batch["target"], batch["K"]
-    inv_K = tf.linalg.inv(K)
-    sources = {"source_prev": batch["source_prev"], "source_next": batch["source_next"]}
-    identity = [losses.photometric_error(s, target) for s in sources.values()]
-    photometric = smoothness = 0.0
-    for scale, disp in enumerate(disparities):
-        _, depth = geometry.disp_to_depth(geometry.resize_bilinear(disp, [HEIGHT, WIDTH]), 0.1, 100.0)
-        warped = [losses.photometric_error(geometry.warp(s, depth, poses[k], K, inv_K), target)
-                  for k, s in sources.items()]
-        errors = tf.concat(identity + warped, axis=-1)
-        photometric += float(tf.reduce_mean(tf.reduce_min(errors, axis=-1))) / 4
-        smoothness += float(losses.smoothness_loss(losses.normalize_disparity(disp), target)) / 2 ** scale / 4
-    np.testing.assert_allclose(float(values["photometric"]), photometric, rtol=1e-5)
-    np.testing.assert_allclose(float(values["smoothness"]), smoothness, rtol=1e-5)
-    np.testing.assert_allclose(float(values["loss"]), photometric + 1e-3 * smoothness, rtol=1e-5)
+def test_epoch_options_resolve_in_updates():
+    config = TrainConfig(num_steps=0, num_epochs=3, decay_epochs=(2,), batch_size=2,
+                         accumulate_steps=2, eval_every_epoch=True)
+    # 21 triplets: 10 batches of 2 (one dropped), 5 updates of 2 batches per epoch.
+    resolved = schedule_in_steps(config, num_samples=21)
+    assert (resolved.num_steps, resolved.decay_steps, resolved.eval_every) == (15, (10,), 5)
+    with pytest.raises(ValueError, match="needs --dataset=kitti"):
+        TrainConfig(num_val_samples=-1)
 
 
-def test_decoder_choice_and_dropout_defaults():
-    from tripled_tf.models.tripled_net import TripleDConfig
-
-    assert DepthModelConfig().dropout == 0.5  # FeatDepth's decoder: 0.5 on levels 4 and 5
-    assert DepthModelConfig(depth_decoder="monodepth2").dropout == 0.0  # Monodepth2 has none
-    assert DepthModelConfig(dropout=0.2).dropout == 0.2
-    with pytest.raises(ValueError, match="no dropout"):
-        DepthModelConfig(depth_decoder="monodepth2", dropout=0.5)
-    with pytest.raises(ValueError, match="depth_decoder must be one of"):
-        DepthModelConfig(depth_decoder="hrdepth")
-    with pytest.raises(ValueError, match="FeatDepth's depth decoder"):
-        TripleDConfig(depth_decoder="monodepth2")
-    restored = DepthModelConfig.from_dict(DepthModelConfig(depth_decoder="monodepth2").to_dict())
-    assert restored.depth_decoder == "monodepth2" and restored.dropout == 0.0
+def test_accumulate_steps_counts_updates(tmp_path):
+    # Two updates of two accumulated batches each: four batches, checkpoints at updates only.
+    result = training.train(_config(tmp_path, num_steps=2, accumulate_steps=2, checkpoint_every=1,
+                                    num_preview=0), MODEL)
+    assert result["steps"] == 2 and result["batches"] == 4
+    latest = checkpoint.latest_checkpoint(tmp_path / "run")
+    assert latest["step"] == 2 and latest["batches"] == 4
+    # (num_preview=0: no preview, where an empty one crashed the end of the run.)
+    assert result["preview"] is None and not (tmp_path / "run" / "preview.png").exists()
 
 
-def test_train_step_fits_a_fixed_batch(batch):
-    # A few Adam steps on one batch must lower its photometric loss: the gradients point downhill.
-    keras.utils.set_random_seed(0)
-    model = _model()
-    model.compile(optimizer=keras.optimizers.Adam(5e-4, global_clipnorm=35.0))
-    data = tf.data.Dataset.from_tensors(batch).repeat()
-    before = float(model.compute_losses(batch, training=False)["photometric"])
-    model.fit(data, steps_per_epoch=12, epochs=1, verbose=0, shuffle=False)
-    after = float(model.compute_losses(batch, training=False)["photometric"])
-    assert after < before * 0.95, (before, after)
+def test_resume_refuses_another_model_configuration(tmp_path):
+    training.train(_config(tmp_path, num_steps=1), MODEL)
+    other = dataclasses.replace(MODEL, smoothness_weight=0.5)
+    with pytest.raises(checkpoint.RunFolderError, match="another model configuration"):
+        training.train(_config(tmp_path, num_steps=2, resume=True), other)
 
 
-def test_missing_batch_key_is_a_clear_error(batch):
-    model = _model()
-    broken = {k: v for k, v in batch.items() if k != "K"}
-    with pytest.raises(ValueError, match="missing 'K'"):
-        model.compute_losses(broken)
-
-
-def test_config_round_trip():
-    model = MonoDepthModel(DepthModelConfig(depth_layers=50, pose_input_size=(64, 96)))
-    clone = MonoDepthModel.from_config(model.get_config())
-    assert clone.config == model.config
-    with pytest.raises(ValueError, match="sampling"):
-        DepthModelConfig(sampling="nearest")
-
-
-def _run_train(args, tmp_path):
-    repo = str(pathlib.Path(__file__).resolve().parents[1])
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-m", "tripled_tf.train", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-def test_train_cli_smoke_run_leaves_a_complete_run_folder(tmp_path, repo_root):
+def test_sigkill_mid_run_leaves_a_checkpoint_the_resumed_run_continues(tmp_path):
     run_dir = tmp_path / "run"
-    proc = _run_train([f"--flagfile={repo_root / 'configs' / 'demo_baseline.cfg'}", "--height=64",
-                       "--width=128", "--batch_size=1", "--num_steps=2", "--num_train_samples=2",
-                       "--num_val_samples=2", "--num_preview=2", "--verbose=0",
-                       f"--log_dir={run_dir}"], tmp_path)
+    args = [sys.executable, "-m", "tripled_tf.train", "--model=baseline", "--dataset=synthetic",
+            "--height=64", "--width=64", "--batch_size=2", "--num_train_samples=6",
+            "--num_val_samples=0", "--num_preview=1", "--depth_layers=18", "--pose_height=0",
+            "--pose_width=0", "--encoder_weights=none", "--checkpoint_every=1", "--verbose=0",
+            "--run_eagerly", "--image_summary_every=0", f"--log_dir={run_dir}"]
+    proc = subprocess.Popen(args + ["--num_steps=500"], cwd=tmp_path, env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and proc.poll() is None:
+            info = checkpoint.latest_checkpoint(run_dir)
+            if info is not None and info["step"] >= 3:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        proc.send_signal(signal.SIGKILL)  # at an arbitrary moment, possibly mid-checkpoint
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    info = checkpoint.latest_checkpoint(run_dir)
+    assert info["step"] >= 3 and os.path.isfile(info["weights"]) and os.path.isfile(info["state"])
+    killed_at = info["step"]
+    done = subprocess.run(args + [f"--num_steps={killed_at + 2}", "--resume"], cwd=tmp_path,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["resumed_from"] == killed_at and result["steps"] == killed_at + 2
+    assert all(np.isfinite(v) for v in result["final_losses"].values())
+
+
+# ------------------------------------------------------------------------------------------------
+# Non-finite losses.
+
+
+def _fit_setup(tmp_path, kinds, optimizer=None, **changes):
+    """(model, callback, dataset) for model.fit: the tiny model (eager), a TrainingCallback that
+    checkpoints every step into tmp_path/run, and one batch per entry of ``kinds``: "good", or "bad"
+    (one NaN pixel: the networks spread it, every loss term turns NaN)."""
+    config = _config(tmp_path, checkpoint_every=1, summary_every=0, **changes)
+    data = synthetic.make_triplets(2, 64, 64, seed=1, split="train")
+    good = {k: tf.constant(data[k]) for k in ("target", "source_prev", "source_next", "K")}
+    poisoned = data["target"].copy()
+    poisoned[0, 10, 10] = np.nan
+    bad = dict(good, target=tf.constant(poisoned))
+    dataset = tf.data.Dataset.from_tensors(good if kinds[0] == "good" else bad)
+    for kind in kinds[1:]:
+        dataset = dataset.concatenate(tf.data.Dataset.from_tensors(good if kind == "good" else bad))
+    keras.utils.set_random_seed(1)
+    model = MonoDepthModel(MODEL)
+    model.build_for_size(64, 64)
+    model.compile(optimizer=optimizer or training.make_optimizer(config), run_eagerly=True)
+    model.optimizer.build(model.trainable_variables)
+    callback = TrainingCallback(config.log_dir, config, 0)
+    return model, callback, dataset
+
+
+def _nan_fit(tmp_path, skip: bool):
+    return _fit_setup(tmp_path, ["good", "bad", "good"], skip_nonfinite=skip)
+
+
+def test_nonfinite_loss_stops_naming_step_and_term_without_a_poisoned_checkpoint(tmp_path):
+    model, callback, dataset = _nan_fit(tmp_path, skip=False)
+    with pytest.raises(NonFiniteLossError, match=r"step 2 \(batch 2\).*photometric.*step 1\) is intact"):
+        model.fit(dataset, epochs=1, steps_per_epoch=3, callbacks=[callback], verbose=0)
+    info = checkpoint.latest_checkpoint(tmp_path / "run")
+    assert info["step"] == 1  # written after the good step only
+    # The NaN step was not applied: the weights in memory are still those of the checkpoint.
+    saved = MonoDepthModel(MODEL)
+    saved.build_for_size(64, 64)
+    saved.load_weights(info["weights"])
+    for a, b in zip(model.get_weights(), saved.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_skip_nonfinite_skips_the_batch_and_goes_on(tmp_path):
+    model, callback, dataset = _nan_fit(tmp_path, skip=True)
+    model.fit(dataset, epochs=1, steps_per_epoch=3, callbacks=[callback], verbose=0)
+    assert callback.skipped == 1 and callback.batches == 3
+    assert int(model.optimizer.iterations.numpy()) == 2
+    assert all(np.all(np.isfinite(w)) for w in model.get_weights())
+
+
+def test_skip_nonfinite_gives_up_after_max_consecutive_nonfinite_batches(tmp_path):
+    kinds = ["good", "bad", "good", "bad", "bad", "good"]
+    model, callback, dataset = _fit_setup(tmp_path, kinds, skip_nonfinite=True,
+                                          max_consecutive_nonfinite=2)
+    # Batch 2 alone is skipped; batches 4 and 5 are two in a row: stop there, at step 3.
+    with pytest.raises(NonFiniteLossError, match=r"2 batches in a row.*step 3 \(batch 5\).*"
+                                                 r"max_consecutive_nonfinite=2.*\(step 2\) is intact"):
+        model.fit(dataset, epochs=1, steps_per_epoch=len(kinds), callbacks=[callback], verbose=0)
+    assert callback.skipped == 3 and checkpoint.latest_checkpoint(tmp_path / "run")["step"] == 2
+
+
+class _NanAfterFirstStep(keras.optimizers.schedules.LearningRateSchedule):
+    """1e-3 for the first update, NaN from the second on: the second update poisons every weight,
+    although its loss (computed with the first step's weights) is finite."""
+
+    def __call__(self, step):
+        return tf.where(step < 1, 1e-3, float("nan"))
+
+
+class _HugeAfterFirstStep(keras.optimizers.schedules.LearningRateSchedule):
+    """1e-3, then 1e6 (a learning rate far too high): finite weights whose forward pass overflows."""
+
+    def __call__(self, step):
+        return tf.where(step < 1, 1e-3, 1e6)
+
+
+def test_a_nonfinite_loss_on_finite_data_does_not_call_the_diverged_checkpoint_intact(tmp_path):
+    model, callback, dataset = _fit_setup(tmp_path, ["good"] * 4,
+                                          optimizer=keras.optimizers.Adam(_HugeAfterFirstStep()))
+    with pytest.raises(NonFiniteLossError) as raised:
+        model.fit(dataset, epochs=1, steps_per_epoch=4, callbacks=[callback], verbose=0)
+    message = str(raised.value)
+    # The weights of the last checkpoint are the ones whose forward pass just gave NaN/Inf.
+    step = checkpoint.latest_checkpoint(tmp_path / "run")["step"]
+    assert step >= 2 and f"at step {step + 1} " in message, message
+    assert "on a finite batch: the model diverged" in message, message
+    assert f"(step {step}) holds these same weights" in message and "intact" not in message
+
+
+def test_an_update_that_poisons_the_weights_stops_before_they_are_saved(tmp_path):
+    model, callback, dataset = _fit_setup(tmp_path, ["good"] * 3,
+                                          optimizer=keras.optimizers.Adam(_NanAfterFirstStep()),
+                                          skip_nonfinite=True)  # cannot be skipped: it is applied
+    with pytest.raises(NonFiniteLossError,
+                       match=r"weights after update at step 2 \(batch 2\).*\(step 1\) is intact"):
+        model.fit(dataset, epochs=1, steps_per_epoch=3, callbacks=[callback], verbose=0)
+    info = checkpoint.latest_checkpoint(tmp_path / "run")
+    assert info["step"] == 1
+    restored = MonoDepthModel(MODEL)
+    restored.build_for_size(64, 64)
+    checkpoint.load_model_weights(restored, info["weights"])
+    assert all(np.all(np.isfinite(w)) for w in restored.get_weights())
+    with np.load(info["state"]) as state:
+        assert all(np.all(np.isfinite(state[k])) for k in state.files if state[k].dtype.kind == "f")
+
+
+# ------------------------------------------------------------------------------------------------
+# Determinism, mixed precision, TensorBoard.
+
+
+def test_deterministic_runs_give_identical_losses_and_weights(tmp_path):
+    # A subprocess: op determinism is process-wide and would constrain the other tests.
+    proc = run_script(f"""
+        import json, numpy as np
+        from tripled_tf import checkpoint, training
+        from tripled_tf.models.depth_model import DepthModelConfig
+        from tripled_tf.train_config import TrainConfig
+        model = DepthModelConfig(depth_layers=18, pose_layers=18, pose_input_size=None)
+        out = []
+        for name in ("a", "b"):
+            config = TrainConfig(model="baseline", height=64, width=64, batch_size=2, num_steps=3,
+                                 num_train_samples=6, num_val_samples=0, num_preview=1,
+                                 learning_rate=1e-3, warmup_steps=0, verbose=0, run_eagerly=True,
+                                 image_summary_every=0, deterministic=True,
+                                 log_dir="{tmp_path}/" + name)
+            result = training.train(config, model)
+            weights = checkpoint.load_model(config.log_dir)[0].get_weights()
+            out.append((result["final_losses"], weights))
+        same = all(np.array_equal(x, y) for x, y in zip(out[0][1], out[1][1]))
+        print(json.dumps({{"losses": [out[0][0], out[1][0]], "same_weights": same}}))
+        """)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    for key in ("abs_rel_before", "abs_rel_after", "checkpoint", "preview"):
-        assert key in result
-    assert result["steps"] == 2
-    assert pathlib.Path(result["checkpoint"]).is_file()
-    preview = cv2.imread(result["preview"])
-    assert preview.shape == (2 * 64, 3 * 128, 3)  # 2 rows of input | prediction | ground truth
-    assert checkpoint.latest_checkpoint(run_dir)["step"] == 2
-    # Reloading the checkpoint reproduces the reported held-out AbsRel exactly.
-    model, config = checkpoint.load_model(run_dir)
-    val = synthetic.make_triplets(2, 64, 128, seed=config["train"]["seed"], split="val")
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["losses"][0] == report["losses"][1]
+    assert report["same_weights"]
+
+
+def test_mixed_precision_trains_with_finite_losses_and_restores_the_policy(tmp_path):
+    result = training.train(_config(tmp_path, num_steps=2, mixed_precision=True), MODEL)
+    # Dynamic loss scaling starts at 2^15 and skips (halving the scale) while float16 gradients
+    # overflow, so a step may be skipped by design: 2 batches, 1 or 2 optimiser steps.
+    assert result["batches"] == 2 and result["steps"] in (1, 2)
+    assert all(np.isfinite(v) for v in result["final_losses"].values()), result["final_losses"]
+    assert keras.config.dtype_policy().name == "float32"
+
+
+def test_tensorboard_logs_every_term_learning_rate_throughput_images_and_held_out(tmp_path):
+    config = _config(tmp_path, num_steps=2, summary_every=1, image_summary_every=2,
+                     num_val_samples=2, eval_every=1)
+    result = training.train(config, MODEL)
+    # --eval_every=1: a held-out evaluation after each step; the last one is the run's final figure.
+    assert [step for step, _ in result["held_out_curve"]] == [1, 2]
+    assert result["held_out_curve"][-1][1] == pytest.approx(result["abs_rel_after"], abs=1e-6)
+    tags = set()
+    for path in (tmp_path / "run" / "logs").rglob("events.out.tfevents*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags.update(value.tag for value in event.summary.value)
+    for tag in ("loss", "loss/photometric", "loss/smoothness", "loss/grad_norm", "learning_rate",
+                "images_per_s", "images/input", "images/disparity", "held_out/abs_rel", "held_out/a1"):
+        assert tag in tags, sorted(tags)
+    # The best of the evaluations is kept as a run folder of its own, and reloads to its figure.
+    curve = dict(result["held_out_curve"])
+    best_step = min(curve, key=curve.get)
+    assert (result["best_step"], result["best_abs_rel"]) == (best_step, curve[best_step])
+    assert checkpoint.best_checkpoint(tmp_path / "run")["step"] == best_step
+    model, config = checkpoint.load_model(result["best_checkpoint"])
+    val = synthetic.make_triplets(2, 64, 64, seed=config["train"]["seed"], split="val")
+    from tripled_tf import evaluation
     reloaded = evaluation.evaluate_depth(model, val["target"], val["depth"])
-    assert reloaded["abs_rel"] == pytest.approx(result["abs_rel_after"], rel=1e-4)
+    assert reloaded["abs_rel"] == pytest.approx(result["best_abs_rel"], rel=1e-4)
 
 
-def test_train_cli_rejects_bad_size(tmp_path):
-    proc = _run_train(["--height=100", "--num_steps=1", f"--log_dir={tmp_path / 'r'}"], tmp_path)
-    assert proc.returncode != 0
-    assert "multiples of 32" in proc.stderr
-    assert not (tmp_path / "r").exists()
+def _tensorboard_scalars(run_dir) -> dict:
+    """{step: {tag: value}} of every TensorBoard scalar a run folder holds."""
+    values = {}
+    for path in (pathlib.Path(run_dir) / "logs").rglob("events.out.tfevents*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                values.setdefault(event.step, {})[value.tag] = float(tf.make_ndarray(value.tensor))
+    return values
 
 
-def _last_json(stdout):
-    return json.loads(stdout.strip().splitlines()[-1])
+def test_tensorboard_losses_are_interval_means_that_a_resume_continues(tmp_path):
+    straight = training.train(_config(tmp_path, "straight", num_steps=4, summary_every=2), MODEL)
+    first = training.train(_config(tmp_path, "split", num_steps=3, summary_every=2), MODEL)
+    resumed = training.train(_config(tmp_path, "split", num_steps=4, summary_every=2, resume=True),
+                             MODEL)
+    once, split = _tensorboard_scalars(tmp_path / "straight"), _tensorboard_scalars(tmp_path / "split")
+    assert sorted(once) == sorted(split) == [2, 4]
+    # final_losses are the running means of one fit: steps 1-4, steps 1-3, and step 4 alone.
+    loss_3 = 3 * first["final_losses"]["loss"] - 2 * once[2]["loss"]
+    loss_4 = resumed["final_losses"]["loss"]
+    # Step 4 shows the mean of steps 3 and 4 (not of 1-4), the same in the resumed run.
+    assert once[4]["loss"] == pytest.approx((loss_3 + loss_4) / 2, abs=3e-5)
+    assert (once[2]["loss"] + once[4]["loss"]) / 2 == pytest.approx(straight["final_losses"]["loss"],
+                                                                    abs=2e-6)
+    for step in (2, 4):
+        for tag, value in once[step].items():
+            if tag.startswith("loss"):
+                assert split[step][tag] == pytest.approx(value, rel=1e-5, abs=1e-7), (step, tag)
 
 
-def test_train_cli_on_the_shared_kitti_snippet(tmp_path, shared_data):
-    drive = "2011_09_26/2011_09_26_drive_0000_sync"
-    split = tmp_path / "train.txt"
-    split.write_text("".join(f"{drive} {i} l\n" for i in range(12)))
-    val = tmp_path / "val.txt"
-    val.write_text(f"{drive} 5 l\n")
-    proc = _run_train(["--dataset=kitti", f"--data_path={shared_data / 'kitti_raw'}",
-                       f"--split={split}", f"--val_split={val}", "--height=64", "--width=192",
-                       "--model=baseline", "--depth_layers=18", "--run_eagerly",
-                       "--batch_size=2", "--num_steps=2", "--pose_height=0", "--pose_width=0",
-                       "--num_preview=1", "--verbose=0", f"--log_dir={tmp_path / 'run'}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    # frames 0 and 11 have no neighbour on one side: skipped and reported, not crashed on
-    assert "kitti: 10 training triplets (skipped 2" in proc.stdout
-    result = _last_json(proc.stdout)
-    assert result["metrics_before"]["num_images"] == 1  # frame 5, ground truth from its Velodyne scan
-    assert 0 < result["abs_rel_after"] < 1
-    assert cv2.imread(result["preview"]).shape == (64, 3 * 192, 3)
-
-
-def test_train_cli_stops_on_a_truncated_frame_naming_it(tmp_path):
-    frames = synthetic.make_triplets(2, 64, 192, seed=1)["target"]
-    folder = tmp_path / "2011_09_26" / "2011_09_26_drive_0001_sync" / "image_02" / "data"
-    folder.mkdir(parents=True)
-    for i in range(4):
-        ok, png = cv2.imencode(".png", (frames[i % 2] * 255).astype(np.uint8))
-        data = png.tobytes()
-        (folder / f"{i:010d}.png").write_bytes(data[:len(data) // 2] if i == 2 else data)
-    split = tmp_path / "split.txt"
-    split.write_text("2011_09_26/2011_09_26_drive_0001_sync 1 l\n2011_09_26/2011_09_26_drive_0001_sync 2 l\n")
-    proc = _run_train(["--dataset=kitti", f"--data_path={tmp_path}", f"--split={split}",
-                       "--height=64", "--width=192", "--batch_size=2", "--num_steps=2",
-                       "--pose_height=0", "--pose_width=0", "--verbose=0", "--model=baseline",
-                       "--depth_layers=18", "--run_eagerly", f"--log_dir={tmp_path / 'run'}"],
-                      tmp_path)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "0000000002.png" in last and "truncated PNG" in last
-
-
-def test_train_cli_video_that_cannot_be_opened(tmp_path):
-    video = tmp_path / "drive.mp4"
-    video.write_bytes(b"not a video at all")
-    proc = _run_train(["--dataset=video", f"--data_path={video}", "--fx=100", "--fy=100", "--cx=50",
-                       "--cy=30", "--num_steps=1", "--model=baseline", f"--log_dir={tmp_path / 'run'}"], tmp_path)
-    assert proc.returncode == 2
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and str(video) in last
-
-
-def test_build_model_loads_converted_encoder_weights(tmp_path):
-    from tripled_tf.models import pretrained
-    from tripled_tf.models.resnet import ResNetEncoder, torchvision_key_map
-    from tripled_tf.training import TrainConfig, build_model
-
-    # A torchvision-layout state (OIHW kernels) from a differently initialised encoder.
-    source = ResNetEncoder(18)
-    state = {}
-    for key, variable in torchvision_key_map(source).items():
-        value = variable.numpy() + 0.5
-        state[key] = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value
-    path = tmp_path / "rn18.npz"
-    pretrained.save_state_npz(state, path)
-    config = TrainConfig(model="baseline", height=64, width=64, encoder_weights=str(path),
-                         pose_encoder_weights=str(path))
-    model = build_model(config, DepthModelConfig(pose_input_size=None))
-    loaded = torchvision_key_map(model.encoder)
-    np.testing.assert_array_equal(loaded["layer3.1.bn2.weight"].numpy(), state["layer3.1.bn2.weight"])
-    np.testing.assert_array_equal(loaded["conv1.weight"].numpy(), state["conv1.weight"].transpose(2, 3, 1, 0))
-    # The pose encoder's 6-channel conv1 = the 3-channel kernel repeated for both frames, halved.
-    pose_conv1 = torchvision_key_map(model.pose_net.encoder)["conv1.weight"].numpy()
-    expected = np.concatenate([state["conv1.weight"]] * 2, axis=1).transpose(2, 3, 1, 0) / 2
-    np.testing.assert_allclose(pose_conv1, expected, rtol=1e-6)
+def test_missing_tensorboard_is_refused_before_any_setup(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard -> ImportError
+    with pytest.raises(SettingError, match=r"pip install tensorboard.*--summary_every=0"):
+        training.train(_config(tmp_path, num_steps=1), MODEL)
+    assert not (tmp_path / "run").exists()

@@ -1,4 +1,4 @@
-"""TripleDNet: the combined loss of METHOD.md §3.8, its gradients, the baseline ablation and the config."""
+"""TripleDNet: the combined loss of docs/method.md §3.8, its gradients, the baseline ablation and the config."""
 import dataclasses
 import json
 

@@ -11,9 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from tripled_tf.data import video
+from tripled_tf.data import image_io, video
 from tripled_tf.data.records import BadInputError
-from tripled_tf.data.video import load_calibration, video_records
+from tripled_tf.data.calibration import Calibration, load_calibration
+from tripled_tf.data.video import video_records
 
 HEIGHT, WIDTH = 32, 64
 
@@ -143,7 +144,7 @@ def test_intrinsics_from_opencv_filestorage_yaml(tmp_path, frame_folder):
     storage.write("camera_matrix", np.array([[100.0, 0, 64], [0, 80.0, 32], [0, 0, 1]]))
     storage.write("distortion_coefficients", np.zeros((1, 5)))
     storage.release()
-    assert load_calibration(calib) == video.Calibration(100.0, 80.0, 64.0, 32.0, 128, 64)
+    assert load_calibration(calib) == Calibration(100.0, 80.0, 64.0, 32.0, 128, 64)
     np.testing.assert_allclose(video_records(frame_folder, calibration=calib)[0][0].intrinsics, NORMALISED)
 
 
@@ -152,7 +153,7 @@ def test_intrinsics_from_ros_camera_info_yaml(tmp_path):
     calib.write_text("image_width: 640\nimage_height: 480\ncamera_name: cam\ncamera_matrix:\n"
                      "  rows: 3\n  cols: 3\n  data: [500.5, 0, 319.5, 0, 501.0, 239.5, 0, 0, 1]\n"
                      "distortion_model: plumb_bob\n")
-    assert load_calibration(calib) == video.Calibration(500.5, 501.0, 319.5, 239.5, 640, 480)
+    assert load_calibration(calib) == Calibration(500.5, 501.0, 319.5, 239.5, 640, 480)
 
 
 def test_calibration_with_other_aspect_ratio_is_refused(tmp_path, frame_folder):
@@ -305,6 +306,23 @@ def test_video_without_frames(tmp_path):
     assert not (tmp_path / "empty_frames").exists()
 
 
+def test_truncated_video_is_refused_or_its_decoded_part_counted(tmp_path):
+    path = write_video(tmp_path / "drive.avi", texture_frames(12))
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * 0.6)])  # the header still declares 12 frames
+    with pytest.raises(BadInputError, match=r"decoded \d of the 12 frames the video declares") as info:
+        video_records(path, **PIXELS)
+    assert str(path) in str(info.value)
+    records, report = video_records(path, skip_bad_frames=True, **PIXELS)
+    decoded = len(records) + 2
+    assert 3 <= decoded < 12
+    assert report.by_cause() == {"truncated video": 1}
+    assert f"decoded {decoded} of the 12 frames" in report.skipped[0]
+    complete = write_video(tmp_path / "complete.avi", texture_frames(12))
+    records, report = video_records(complete, **PIXELS)  # a complete video is not flagged
+    assert len(records) == 10 and len(report) == 0
+
+
 def test_missing_source_empty_folder_single_image(tmp_path):
     with pytest.raises(BadInputError, match="not found"):
         video_records(tmp_path / "nothing_here.mp4", **PIXELS)
@@ -354,7 +372,7 @@ def test_corrupt_image_data_caught_by_decoding(tmp_path):
     data = bytearray(paths[1].read_bytes())
     data[60:-20] = bytes(len(data) - 80)
     paths[1].write_bytes(bytes(data))
-    assert video.check_frame_file(paths[1]) == (WIDTH, HEIGHT)
+    assert image_io.check_image_file(paths[1]) == (WIDTH, HEIGHT)
     with pytest.raises(BadInputError, match="cannot be decoded") as info:
         video_records(tmp_path / "f", min_motion=0.001, **PIXELS)
     assert str(paths[1]) in str(info.value)
@@ -368,13 +386,13 @@ def test_frame_of_other_size(tmp_path):
     assert str(paths[2]) in str(info.value)
 
 
-def test_check_frame_file_reads_sizes_from_headers(tmp_path):
+def test_check_image_file_reads_sizes_from_headers(tmp_path):
     frame = texture_frames(1, height=40, width=72)[0]
     for ext in (".png", ".jpg"):
         cv2.imwrite(str(tmp_path / f"x{ext}"), frame)
-        assert video.check_frame_file(tmp_path / f"x{ext}") == (72, 40)
+        assert image_io.check_image_file(tmp_path / f"x{ext}") == (72, 40)
     with pytest.raises(BadInputError, match="not found"):
-        video.check_frame_file(tmp_path / "absent.png")
+        image_io.check_image_file(tmp_path / "absent.png")
 
 
 def test_bad_arguments(frame_folder):
@@ -382,7 +400,7 @@ def test_bad_arguments(frame_folder):
         video_records(frame_folder, frame_stride=0, **PIXELS)
     with pytest.raises(ValueError, match="min_motion"):
         video_records(frame_folder, min_motion=-1, **PIXELS)
-    with pytest.raises(ValueError, match="fx and fy must be positive"):
+    with pytest.raises(ValueError, match="--fx and --fy must be positive"):
         video_records(frame_folder, fx=0, fy=40, cx=32, cy=16)
 
 

@@ -17,10 +17,15 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tripled_tf.cli import use_onednn_by_default  # noqa: E402
+
+use_onednn_by_default()  # a script: before TensorFlow is imported, as the trainer does
+
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tripled_tf.data import pipeline  # noqa: E402
+from tripled_tf.conventions import KITTI_NORMALIZED_INTRINSICS  # noqa: E402
+from tripled_tf.data import augmentation, pipeline  # noqa: E402
 from tripled_tf.data.records import TripletRecord  # noqa: E402
 
 SIZES = ((192, 640), (320, 1024))
@@ -43,7 +48,7 @@ def snippet_records(data_path: pathlib.Path):
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise SystemExit(f"KITTI snippet not found: {missing[0]} (pass --data_path)")
-    return [TripletRecord(paths[i - 1], paths[i], paths[i + 1], (0.58, 1.92, 0.5, 0.5), name=str(i))
+    return [TripletRecord(paths[i - 1], paths[i], paths[i + 1], KITTI_NORMALIZED_INTRINSICS, name=str(i))
             for i in range(1, 11)]
 
 
@@ -91,7 +96,7 @@ def main(argv=None):
         rng = np.random.default_rng(0)
         n = 2 * args.batch_size
         arrays = {key: rng.uniform(0, 1, (n, height, width, 3)).astype(np.float32)
-                  for key in pipeline.FRAME_KEYS}
+                  for key in augmentation.FRAME_KEYS}
         arrays["K"] = np.stack([np.eye(4, dtype=np.float32)] * n)
         config = pipeline.PipelineConfig(**base)
         report("synthetic", height, width, "-", -1,

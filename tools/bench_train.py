@@ -5,7 +5,7 @@ r"""Speed of one optimiser step of the training model (forward, losses, backward
     python -m tools.bench_train ...   (same flags)
 
 Accepts every flag of ``python -m tripled_tf.train`` (flagfiles and overrides included) and builds the
-same model, optimiser and compiled train step as training does (``tripled_tf.training.build_model``,
+same model, optimiser and compiled train step as training does (``tripled_tf.train_sources.build_model``,
 ``make_optimizer``, ``model.compile(jit_compile=...)``, Keras' own ``train_function`` fed by a tf.data
 iterator, as ``fit`` runs it), from random initialisation: every ``*_weights`` path of the configs is
 forced to "none". Data loading is excluded: one batch of the built-in synthetic scene at the requested
@@ -61,10 +61,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from tripled_tf.cli import use_onednn_by_default  # noqa: E402
+
 from tools.bench_protocol import serve  # noqa: E402
 
-# TensorFlow, Keras and the model code are imported inside the functions: the thread counts must be
-# set before TensorFlow runs its first op, and importing this module (tests) should stay cheap.
+# The thread counts are set in main, before TensorFlow runs its first op (define_flags imports the
+# trainer, and with it TensorFlow, but creates no tensor).
 
 FLAGS = flags.FLAGS
 
@@ -178,12 +180,12 @@ def apply_precision(train_config: Any) -> str:
 
 def one_batch(train_config: Any, model_config: Any):
     """One training batch (dict of tensors) of the synthetic scene, through the training pipeline."""
-    from tripled_tf import training
+    from tripled_tf import train_sources
     from tripled_tf.data import pipeline, synthetic
 
     arrays = synthetic.make_triplets(train_config.batch_size, train_config.height, train_config.width,
                                      seed=train_config.seed, split="train")
-    dataset = pipeline.arrays_dataset(arrays, training.pipeline_config(train_config, model_config))
+    dataset = pipeline.arrays_dataset(arrays, train_sources.pipeline_config(train_config, model_config))
     # take(1) runs to its end, so no tf.data iterator with work in flight outlives this function.
     return next(iter(dataset.take(1)))
 
@@ -225,7 +227,7 @@ def main(argv: Sequence[str]) -> int:
     import tensorflow as tf
 
     from tripled_tf import train as trainer
-    from tripled_tf import training
+    from tripled_tf import train_sources, training
     from tripled_tf.models import conv
 
     if FLAGS.conv_kernel_gradient != "auto":
@@ -250,7 +252,7 @@ def main(argv: Sequence[str]) -> int:
     say(f"data: one synthetic batch in {data_s:.2f} s")
 
     start = time.perf_counter()
-    model = training.build_model(train_config, model_config)
+    model = train_sources.build_model(train_config, model_config)
     model.compile(optimizer=training.make_optimizer(train_config), jit_compile=train_config.jit_compile)
     # What fit's symbolic build does: create the Adam slots now, not while the step is being traced.
     model.optimizer.build(model.trainable_variables)
@@ -300,5 +302,6 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
+    use_onednn_by_default()  # as python -m tripled_tf.train does, before TensorFlow is imported
     define_flags()
     app.run(main)

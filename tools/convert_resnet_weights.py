@@ -1,17 +1,15 @@
 """Converts a torchvision-format ResNet checkpoint into the .npz the Keras encoders load.
 
     python -m tools.convert_resnet_weights --input=ckpt.pth --output=encoder_rn50.npz --num_layers=50 \
-        [--source=auto|torchvision|swav|moco|simclr] [--allow_torch]
+        [--source=auto|torchvision|swav|moco|simclr]
 
 Reads torchvision (ImageNet-supervised), SwAV, MoCo v1/v2/v3 and SimCLR (torchvision-layout converted)
-checkpoints without PyTorch, strips their wrappers and prefixes, drops the heads (fc, projection_head,
+checkpoints without PyTorch, in either serialisation (zip, torch >= 1.6; legacy, torch < 1.6, as the
+published SwAV and MoCo files), strips their wrappers and prefixes, drops the heads (fc, projection_head,
 prototypes, MoCo's key encoder), checks strictly that the backbone fills every variable of a ResNet of
 ``--num_layers`` (a missing or extra key is an error naming the keys) and writes the backbone as an
 uncompressed .npz: torchvision keys, float32, torch layout (conv OIHW). Training reads it with
 ``--encoder_weights=PATH`` via ``tripled_tf.models.pretrained.load_encoder_weights``.
-
-Legacy (pre-1.6, non-zip) torch pickles, such as older MoCo releases, need PyTorch once: either re-save
-them in the zip format or pass ``--allow_torch`` with PyTorch installed.
 """
 from __future__ import annotations
 
@@ -19,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-from tripled_tf.models import pretrained
+from tripled_tf.models import pretrained, torch_checkpoint
 from tripled_tf.models.resnet import RESNET_SPECS, ResNetEncoder
 
 FLAGS = flags.FLAGS
@@ -28,16 +26,15 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Defines the command-line flags; only when run as a script, so that importing this module
     (tests, other tools) does not clash with other absl flags of the same name."""
-    flags.DEFINE_string("input", None, "Checkpoint to convert (.pth / .pth.tar / .pt zip format, or .npz).")
+    flags.DEFINE_string("input", None, "Checkpoint to convert (.pth / .pth.tar / .pt, zip or legacy "
+                        "format, or .npz).")
     flags.DEFINE_string("output", None, "Output .npz of torchvision backbone keys.")
     flags.DEFINE_integer("num_layers", 50, "ResNet depth the checkpoint must fill: 18, 34, 50 or 101.")
     flags.DEFINE_enum("source", "auto", list(pretrained.SOURCES),
                       "Publisher layout; auto finds the backbone prefix (MoCo's query encoder preferred).")
-    flags.DEFINE_bool("allow_torch", False, "Read legacy non-zip torch pickles with PyTorch if installed.")
 
 
-def convert(input_path: str, output_path: str, num_layers: int, source: str = "auto",
-            allow_torch: bool = False) -> int:
+def convert(input_path: str, output_path: str, num_layers: int, source: str = "auto") -> int:
     """Converts ``input_path`` to ``output_path``; returns the number of backbone tensors written.
 
     Raises CheckpointError (ValueError) if the checkpoint does not fill a ResNet-``num_layers``
@@ -45,7 +42,7 @@ def convert(input_path: str, output_path: str, num_layers: int, source: str = "a
     """
     if num_layers not in RESNET_SPECS:
         raise ValueError(f"num_layers must be one of {sorted(RESNET_SPECS)}, got {num_layers}")
-    obj = pretrained.read_checkpoint(input_path, allow_torch_fallback=allow_torch)
+    obj = torch_checkpoint.read_checkpoint(input_path)
     state = pretrained.extract_backbone(obj, source=source, path=input_path)
     # Strict check against a real encoder, so a written file is always loadable.
     encoder = ResNetEncoder(num_layers=num_layers, name=f"resnet{num_layers}_check")
@@ -63,7 +60,7 @@ def main(argv):
     if not FLAGS.input or not FLAGS.output:
         raise app.UsageError("--input and --output are required")
     try:
-        count = convert(FLAGS.input, FLAGS.output, FLAGS.num_layers, FLAGS.source, FLAGS.allow_torch)
+        count = convert(FLAGS.input, FLAGS.output, FLAGS.num_layers, FLAGS.source)
     except pretrained.CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -110,7 +110,7 @@ def as_matrices(x, name: str, size: int = 4) -> tf.Tensor:
             d is not None and d != size for d in t.shape[1:])):
         hint = ""
         if t.shape.rank == 3 and tuple(t.shape[1:]) == (3, 3) and size == 4:
-            hint = " (a 3x3 intrinsics matrix: embed it with geometry.intrinsics_4x4)"
+            hint = " (a 3x3 intrinsics matrix: give the 4x4 of geometry.intrinsics_matrix)"
         elif t.shape.rank == 2:
             hint = " (add a batch axis)"
         raise ValueError(f"{name}: expected [B, {size}, {size}], got {_describe(x)}{hint}")

@@ -1,4 +1,4 @@
-"""Colour-space conversions for the pretext heads (METHOD.md 2.7).
+"""Colour-space conversions for the pretext heads (docs/method.md 2.7).
 
 The D2G head regresses Lab lightness L/100 (or ITU-R 601 luma), the DG2C head maps (disparity, L_n)
 to the normalised chroma ab_n. All conversions are plain TensorFlow ops on the last axis, so they work
@@ -90,7 +90,7 @@ def _lab_f_inverse(f: tf.Tensor) -> tf.Tensor:
 
 
 def rgb_to_lab(rgb) -> tf.Tensor:
-    """Converts sRGB to CIE Lab (D65), with the reference code's constants (METHOD.md 2.7).
+    """Converts sRGB to CIE Lab (D65), with the reference code's constants (docs/method.md 2.7).
 
     Args:
       rgb: [..., 3] float, gamma-encoded sRGB in [0, 1] (values slightly outside are converted without

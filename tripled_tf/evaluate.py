@@ -40,6 +40,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from tripled_tf.conventions import STRIDE, is_stride_multiple  # noqa: E402
+
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("checkpoint", None, "A training run folder (holds config.json and checkpoints/), or "
@@ -86,8 +88,8 @@ def format_table(values: dict) -> str:
 def _input_size(default_size, any_size: bool = True):
     height = FLAGS.height or int(default_size[0])
     width = FLAGS.width or int(default_size[1])
-    if height % 32 or width % 32:
-        raise ValueError(f"--height/--width must be multiples of 32, got {height}x{width}")
+    if not is_stride_multiple(height, width):
+        raise ValueError(f"--height/--width must be positive multiples of {STRIDE}, got {height}x{width}")
     if not any_size and (height, width) != tuple(default_size):
         raise ValueError(f"--checkpoint={FLAGS.checkpoint} runs at {default_size[0]}x{default_size[1]} only "
                          "(exported model): drop --height/--width")
@@ -136,6 +138,7 @@ def evaluate_pose_task(model, config: dict) -> dict:
 
     from tripled_tf import evaluation
     from tripled_tf.data import kitti, pipeline, synthetic
+    from tripled_tf.inference import NonFiniteOutputError
 
     height, width = _input_size((config["train"]["height"], config["train"]["width"]))
     sequences = {}
@@ -157,6 +160,10 @@ def evaluate_pose_task(model, config: dict) -> dict:
               "snippet_length": 5}
     for name, (frames, poses) in sequences.items():
         values = evaluation.evaluate_pose(model, frames, poses, batch_size=FLAGS.batch_size)
+        if not np.isfinite([values["ate_mean"], values["ate_std"]]).all():
+            raise NonFiniteOutputError(FLAGS.checkpoint, f"the pose network's output is NaN/Inf on "
+                                                         f"sequence {name}: its weights are not finite "
+                                                         f"(a diverged training run?)")
         print(f"Sequence {name}: {len(frames)} frames, trajectory error (5-frame snippets, scale-aligned): "
               f"{values['ate_mean']:0.4f} ± {values['ate_std']:0.4f} m")
         result["sequences"][name] = values
@@ -191,4 +198,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from tripled_tf.cli import use_onednn_by_default
+
+    use_onednn_by_default()
     app.run(main)

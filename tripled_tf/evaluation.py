@@ -14,7 +14,7 @@ from tripled_tf.inference import DepthFunction, as_depth_function
 
 def disparity_to_depth_at(disp: np.ndarray, size, min_depth: float, max_depth: float) -> np.ndarray:
     """[h, w] sigmoid disparity -> [H, W] depth at another size: the references resize the *scaled
-    disparity* bilinearly (half-pixel) to the ground truth's size, then invert (METHOD.md §7)."""
+    disparity* bilinearly (half-pixel) to the ground truth's size, then invert (docs/method.md §7)."""
     scaled = 1.0 / max_depth + (1.0 / min_depth - 1.0 / max_depth) * np.asarray(disp, np.float32)
     height, width = int(size[0]), int(size[1])
     if scaled.shape != (height, width):
@@ -95,7 +95,7 @@ def kitti_depth_samples(frames, height: int, width: int, ground_truth: str = "au
       BadInputError for a frame without the requested ground truth.
     """
     from tripled_tf.data import kitti, pipeline
-    from tripled_tf.data.records import BadInputError
+    from tripled_tf.data.records import BadInputError, unreadable
 
     if ground_truth not in ("auto", "benchmark", "velodyne"):
         raise ValueError(f"ground_truth must be auto, benchmark or velodyne, got {ground_truth!r}")
@@ -108,7 +108,7 @@ def kitti_depth_samples(frames, height: int, width: int, ground_truth: str = "au
             maps = list(np.load(gt_depths_file, fix_imports=True, encoding="latin1",
                                 allow_pickle=True)["data"])
         except (OSError, KeyError, ValueError) as e:
-            raise BadInputError(str(gt_depths_file), f"cannot read exported ground truth ({e})") from None
+            raise unreadable(gt_depths_file, "exported ground truth", e) from None
         if len(maps) != len(frames):
             raise BadInputError(str(gt_depths_file), f"holds {len(maps)} depth maps, the split has "
                                                      f"{len(frames)} frames")

@@ -19,10 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from tripled_tf import checks
-
-# Normalised KITTI intrinsics used by Monodepth2 / FeatDepth / TripleD (fx, fy, cx, cy as fractions of
-# the image width / height). They describe the rectified KITTI colour cameras well enough for training.
-KITTI_NORMALIZED_INTRINSICS = (0.58, 1.92, 0.5, 0.5)
+from tripled_tf.conventions import KITTI_NORMALIZED_INTRINSICS
 
 SAMPLING_MODES = ("exact", "torch_default")
 
@@ -149,24 +146,6 @@ def backproject(depth, inv_K) -> tf.Tensor:
     return tf.concat([points, tf.ones_like(depth)], axis=-1)
 
 
-def project(points, K, T) -> tf.Tensor:
-    """Projects homogeneous points of the target camera into a source image.
-
-    Args:
-      points: [B, H, W, 4] homogeneous target-camera points (from :func:`backproject`).
-      K: [B, 4, 4] intrinsics of the source image.
-      T: [B, 4, 4] target -> source transform.
-    Returns:
-      [B, H, W, 2] pixel coordinates (x, y) in the source image (pixel centres at integers).
-    """
-    points = checks.as_float_tensor(points, "points", rank=4)
-    K = checks.as_matrices(K, "K")
-    T = checks.as_matrices(T, "T")
-    projection = tf.matmul(K, T)[:, :3, :]
-    camera = tf.einsum("bij,bhwj->bhwi", projection, points)
-    return camera[..., :2] / (camera[..., 2:3] + 1e-7)
-
-
 def project_coords(depth, T, K, inv_K) -> tf.Tensor:
     """Where every target pixel lands in the source image.
 
@@ -183,11 +162,11 @@ def project_coords(depth, T, K, inv_K) -> tf.Tensor:
 def _project_xy(depth, T, K, inv_K):
     """:func:`project_coords` as two [B, H, W] maps (x, y).
 
-    Equal to ``project(backproject(depth, inv_K), K, T)``, regrouped for the training loss, which
-    warps at every scale: with P = (K · T)[:3], P · (d · K⁻¹ p, 1) = d · (P[:, :3] · K⁻¹) · p + P[:, 3],
-    so the per-pixel work is one multiply-add per coordinate and one division, with no [B, H, W, 4]
-    homogeneous points, no 4x4 product per pixel and no channel slices (whose gradients are
-    full-size scatters).
+    Equal to projecting ``backproject(depth, inv_K)`` with (K · T)[:3] and dividing by z, regrouped
+    for the training loss, which warps at every scale: with P = (K · T)[:3],
+    P · (d · K⁻¹ p, 1) = d · (P[:, :3] · K⁻¹) · p + P[:, 3], so the per-pixel work is one multiply-add
+    per coordinate and one division, with no [B, H, W, 4] homogeneous points, no 4x4 product per pixel
+    and no channel slices (whose gradients are full-size scatters).
     """
     depth = checks.as_depth(depth)
     K = checks.as_matrices(K, "K")
@@ -297,10 +276,3 @@ def resize_bilinear(images, size: Sequence[int]) -> tf.Tensor:
 def inverse_intrinsics(K) -> tf.Tensor:
     """K⁻¹ [B, 4, 4] of intrinsics [B, 4, 4]."""
     return tf.linalg.inv(checks.as_matrices(K, "K"))
-
-
-def relative_transform(cam_to_world_target, cam_to_world_source) -> tf.Tensor:
-    """T_{0->s} = inv(C_s) · C_0 from camera-to-world poses [B, 4, 4] of target (C_0) and source (C_s)."""
-    target = checks.as_matrices(cam_to_world_target, "cam_to_world_target")
-    source = checks.as_matrices(cam_to_world_source, "cam_to_world_source")
-    return tf.matmul(tf.linalg.inv(source), target)

@@ -4,7 +4,7 @@
   - a training run folder (config.json + checkpoints/): the Keras model, any multiple-of-32 size;
   - an exported SavedModel folder (``python -m tripled_tf.export --format=saved_model``): its
     ``model_input`` signature, at the exported size;
-  - a .tflite file (``--format=tflite``, any quantisation): through ``edge.runtime`` (LiteRT), at the
+  - a .tflite file (``--format=tflite``, any quantisation): through ``tripled_edge.runtime`` (LiteRT), at the
     exported size.
 and returns a :class:`DepthFunction` that ``python -m tripled_tf.evaluate`` and ``python -m
 tripled_tf.predict`` both use, so a quantised model is checked with the same command and the same
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pathlib
 import weakref
-from typing import Callable, NamedTuple, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -108,6 +108,46 @@ def as_depth_function(model) -> DepthFunction:
 
 
 # ------------------------------------------------------------------------------------------------
+# Frames in, depth out: the one pre/post-processing of predict, tripled_tf.load and evaluation
+
+
+def predict_frames(depth_fn: DepthFunction, frames: Sequence[np.ndarray],
+                   input_size: Optional[Tuple[int, int]] = None) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Depth of uint8 RGB frames of any size, at their own size.
+
+    Each frame is resized to the model's input size as the training pipeline resizes frames
+    (``tripled_edge.resample.prepare_image``: /255, lanczos3 with antialiasing), predicted in one batch, and
+    its σ brought back to the frame's size: the scaled disparity is resized bilinearly (half-pixel
+    centres) and inverted, as the references' evaluation does (``evaluation.disparity_to_depth_at``).
+
+    Args:
+      depth_fn: the model (:func:`load_depth_fn`).
+      frames: [H_i, W_i, 3] uint8 RGB arrays (sizes may differ).
+      input_size: (height, width) for the model; default ``depth_fn.input_size``.
+    Returns:
+      per frame (σ [H_i, W_i] float32 sigmoid disparity in [0, 1], depth [H_i, W_i] float32 in the
+      network's units, between min_depth and max_depth).
+    """
+    import cv2
+
+    from tripled_edge.resample import prepare_image
+    from tripled_tf.evaluation import disparity_to_depth_at  # TensorFlow; loaded with the model anyway
+
+    if not len(frames):
+        return []
+    size = tuple(input_size or depth_fn.input_size)
+    disps = np.asarray(depth_fn.predict(np.stack([prepare_image(f, size) for f in frames])),
+                       np.float32)
+    out = []
+    for frame, disp in zip(frames, disps):
+        height, width = frame.shape[:2]
+        disp_full = cv2.resize(disp, (width, height), interpolation=cv2.INTER_LINEAR)
+        depth = disparity_to_depth_at(disp, (height, width), depth_fn.min_depth, depth_fn.max_depth)
+        out.append((disp_full.astype(np.float32), depth.astype(np.float32)))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
 # Checking and loading paths
 
 
@@ -188,7 +228,7 @@ def _load_saved_model(path: pathlib.Path, batch_size: int) -> DepthFunction:
 
 
 def _load_tflite(path: pathlib.Path, num_threads=None) -> DepthFunction:
-    from edge import runtime
+    from tripled_edge import runtime
 
     try:
         model = runtime.load(path, num_threads=num_threads)
@@ -205,22 +245,49 @@ def _load_tflite(path: pathlib.Path, num_threads=None) -> DepthFunction:
                          f"{path} (TFLite {quantize}, {model.runtime})", False, "tflite")
 
 
+class NonFiniteOutputError(BadInputError):
+    """The model's disparity is NaN / Inf: its weights are poisoned (e.g. a diverged training run)."""
+
+
+def refuse_non_finite(depth_fn: DepthFunction, path) -> DepthFunction:
+    """``depth_fn`` whose ``predict`` raises :class:`NonFiniteOutputError` (naming ``path``) instead of
+    returning a NaN / Inf disparity, which would become all-NaN depth maps and metrics downstream.
+    The inputs are finite frames in [0, 1], so a non-finite output means non-finite weights."""
+    predict = depth_fn.predict
+
+    def checked(images):
+        sigma = np.asarray(predict(images))
+        finite = np.isfinite(sigma)
+        if not finite.all():
+            per_image = ~finite.reshape(len(sigma), -1).all(axis=1)
+            raise NonFiniteOutputError(path, f"the model's disparity is NaN/Inf for {per_image.sum()} of "
+                                             f"{len(sigma)} images ({np.mean(~finite):.0%} of pixels): its "
+                                             f"weights are not finite (a diverged training run?); no "
+                                             f"output is written for them")
+        return sigma
+
+    return depth_fn._replace(predict=checked)
+
+
 def load_depth_fn(path, batch_size: int = 8) -> DepthFunction:
     """A depth function from a run folder, an exported SavedModel or a .tflite file.
+
+    Its ``predict`` refuses non-finite outputs (:func:`refuse_non_finite`).
 
     Raises:
       BadInputError naming the path: missing, not a model, weights or file that do not load.
     """
     path = check_model_path(path)
     if is_tflite(path):
-        return _load_tflite(path)
+        return refuse_non_finite(_load_tflite(path), path)
     if is_saved_model(path):
-        return _load_saved_model(path, batch_size)
+        return refuse_non_finite(_load_saved_model(path, batch_size), path)
     try:
         model, config = run_folder.load_model(path)
     except (OSError, ValueError, KeyError) as error:
         raise BadInputError(path, f"cannot load the checkpoint: {error}") from None
     step = (run_folder.latest_checkpoint(path) or {}).get("step")
     size = (int(config["train"]["height"]), int(config["train"]["width"]))
-    return from_keras(model, size, batch_size,
-                      f"{path} ({config['train'].get('model', 'baseline')}, step {step})")
+    return refuse_non_finite(from_keras(model, size, batch_size,
+                                        f"{path} ({config['train'].get('model', 'baseline')}, step {step})"),
+                             path)

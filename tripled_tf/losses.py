@@ -1,5 +1,5 @@
 """Self-supervised losses: Charbonnier, SSIM, photometric error, minimum reprojection with identity
-auto-masking, edge-aware smoothness and the feature-metric loss (METHOD.md §3).
+auto-masking, edge-aware smoothness and the feature-metric loss (docs/method.md §3).
 
 Per-pixel functions return maps (``[B, H, W, 1]`` or ``[B, H, W, C]``); reductions to scalars are done by
 the ``*_loss`` functions, which average over batch and pixels as the references do.
@@ -247,7 +247,7 @@ def feature_regularization_loss(features, image) -> Tuple[tf.Tensor, tf.Tensor]:
       features: [B, h, w, C] extractor features; image: [B, H, W, 3] in [0, 1] (area-resized to h x w).
     Returns:
       (S1, S2) scalars with edge weights exp(−mean_c|∂I|); the loss rewards S1 and penalises S2
-      (METHOD.md §3.4: −1e-3·S1 + 1e-3·S2).
+      (docs/method.md §3.4: −1e-3·S1 + 1e-3·S2).
     """
     features = checks.as_float_tensor(features, "features", rank=4)
     image = checks.as_images(image, "image")

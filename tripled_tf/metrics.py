@@ -1,4 +1,4 @@
-"""Depth and pose evaluation metrics (METHOD.md 7), Monodepth2 protocol, on host numpy arrays.
+"""Depth and pose evaluation metrics (docs/method.md 7), Monodepth2 protocol, on host numpy arrays.
 
 Depth (KITTI Eigen split): per image, valid = min_depth < gt < max_depth inside the Garg crop; the
 prediction is median-scaled on the valid pixels, clamped to [min_depth, max_depth], and the seven
@@ -348,7 +348,7 @@ def snippet_positions(local_motions) -> np.ndarray:
 
 
 def snippet_ates(gt_poses, pred_local, snippet_length: int = SNIPPET_LENGTH) -> np.ndarray:
-    """Per-snippet ATE over a sequence (Monodepth2 pose protocol, METHOD.md 7).
+    """Per-snippet ATE over a sequence (Monodepth2 pose protocol, docs/method.md 7).
 
     For every start frame i = 0 .. M-2, the motions i .. i + snippet_length - 2 (fewer at the end of
     the sequence) of the ground truth and of the prediction are chained with :func:`snippet_positions`

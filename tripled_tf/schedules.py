@@ -1,4 +1,4 @@
-"""Learning-rate schedule of the references: linear warm-up, then step decay (METHOD.md §6)."""
+"""Learning-rate schedule of the references: linear warm-up, then step decay (docs/method.md §6)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -17,11 +17,13 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
       warmup_steps: iterations of warm-up (500); 0 disables it.
       warmup_ratio: lr at iteration 0 as a fraction of the base (1/3).
       decay_steps: iterations at which the lr is multiplied by ``decay_factor`` (0.5).
+      steps_per_update: batches per optimiser update (gradient accumulation): the optimiser calls the
+        schedule with its batch counter, and iteration = batch // steps_per_update.
     """
 
     def __init__(self, base_learning_rate: float = 1e-4, warmup_steps: int = 500,
                  warmup_ratio: float = 1.0 / 3.0, decay_steps: Sequence[int] = (),
-                 decay_factor: float = 0.5):
+                 decay_factor: float = 0.5, steps_per_update: int = 1):
         if base_learning_rate <= 0:
             raise ValueError(f"base_learning_rate must be positive, got {base_learning_rate}")
         if warmup_steps < 0 or not 0 < warmup_ratio <= 1:
@@ -32,8 +34,13 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.warmup_ratio = float(warmup_ratio)
         self.decay_steps = [int(s) for s in sorted(decay_steps)]
         self.decay_factor = float(decay_factor)
+        if steps_per_update < 1:
+            raise ValueError(f"steps_per_update must be >= 1, got {steps_per_update}")
+        self.steps_per_update = int(steps_per_update)
 
     def __call__(self, step):
+        if self.steps_per_update > 1:
+            step = tf.math.floordiv(step, self.steps_per_update)
         step = tf.cast(step, tf.float32)
         passed = tf.zeros([], tf.float32)
         for boundary in self.decay_steps:
@@ -48,4 +55,4 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self):
         return {"base_learning_rate": self.base_learning_rate, "warmup_steps": self.warmup_steps,
                 "warmup_ratio": self.warmup_ratio, "decay_steps": list(self.decay_steps),
-                "decay_factor": self.decay_factor}
+                "decay_factor": self.decay_factor, "steps_per_update": self.steps_per_update}

@@ -12,13 +12,14 @@ appearance branch and every loss stay behind. Signatures of an exported SavedMod
     encoded: ``[B]`` string, JPEG or PNG bytes (TensorFlow Serving's REST ``{"b64": ...}``); one size
     per request. Same outputs.
 ``model_input(images)``
-    images: ``[B, h, w, 3]`` at the network's input size (the training size) -> ``disparity``
-    ``[B, h/2, w/2, 1]``: the network's own output, no resampling (used by the evaluation).
+    images: ``[B, h, w, 3]`` at the network's input size (the training size; another size is refused)
+    -> ``disparity`` ``[B, h/2, w/2, 1]``: the network's own output, no resampling (used by the
+    evaluation).
 
 Preparation matches training exactly: frames are resized to the network's size with lanczos3 and
 antialiasing then clipped to [0, 1] (the tf.data pipeline's default), and the half-resolution
 disparity is resized bilinearly (half-pixel centres) to the input size before inversion, the
-references' evaluation recipe (METHOD.md §7). Metadata (sizes, normalisation, depth range,
+references' evaluation recipe (docs/method.md §7). Metadata (sizes, normalisation, depth range,
 intrinsics) is written to ``assets.extra/tripled_tf.json``, where Serving ignores it.
 """
 from __future__ import annotations
@@ -33,15 +34,15 @@ from typing import Dict, Optional
 import keras
 import tensorflow as tf
 
-from tripled_tf.models.layers import reflect_padding_by_concatenation
+from tripled_tf.atomic_files import replace_folder
+from tripled_tf.conventions import KITTI_NORMALIZED_INTRINSICS
+from tripled_tf.models.layers import reflect_padding_by_concatenation, upsampling_by_depth_to_space
 
 SERVING_SIGNATURE = "serving_default"
 ENCODED_SIGNATURE = "serving_encoded"
 MODEL_INPUT_SIGNATURE = "model_input"
 METADATA_PATH = os.path.join("assets.extra", "tripled_tf.json")
 FORMAT_VERSION = 1
-# KITTI's normalised intrinsics (fx/W, fy/H, cx/W, cy/H), the default of the synthetic and KITTI data.
-KITTI_NORMALISED_INTRINSICS = (0.58, 1.92, 0.5, 0.5)
 
 
 def export_metadata(model, config: dict, step: Optional[int] = None) -> Dict:
@@ -63,13 +64,13 @@ def export_metadata(model, config: dict, step: Optional[int] = None) -> Dict:
         intrinsics = {"source": "KITTI per-drive calibration (P_rect_02 / S_rect_02)"}
     else:
         intrinsics = {"source": "KITTI normalised intrinsics (the default)",
-                      "normalised_fx_fy_cx_cy": list(KITTI_NORMALISED_INTRINSICS)}
+                      "normalised_fx_fy_cx_cy": list(KITTI_NORMALIZED_INTRINSICS)}
     return {
         "format": "tripled_tf depth", "format_version": FORMAT_VERSION,
         "model": train.get("model", "baseline"), "step": step, "dataset": train.get("dataset"),
         "input_height": height, "input_width": width,
         "input": "RGB float32 in [0, 1] (uint8 / 255); the network normalises internally, (x - 0.45) / 0.225",
-        "resize": "lanczos3 with antialiasing, then clip to [0, 1] (tf.image.resize; edge.resample in numpy)",
+        "resize": "lanczos3 with antialiasing, then clip to [0, 1] (tf.image.resize; tripled_edge.resample in numpy)",
         "output": f"disparity = 1 / depth, at 1/{model.output_stride} of the input size",
         "output_stride": int(model.output_stride),
         "min_depth": float(model.config.min_depth), "max_depth": float(model.config.max_depth),
@@ -119,13 +120,22 @@ def build_archive(model, height: int, width: int, batch_size: Optional[int] = No
             tf.debugging.assert_equal(
                 tf.shape(images)[-1], 3,
                 message="images: expected 3 channels (RGB), [batch, height, width, 3]"),
-            tf.debugging.assert_greater_equal(
-                tf.reduce_min(values), -1e-3,
-                message="images: expected float32 RGB in [0, 1] (uint8 / 255), found values below 0"),
-            tf.debugging.assert_less_equal(
-                tf.reduce_max(values), 1.0 + 1e-3,
-                message="images: expected float32 RGB in [0, 1] (uint8 / 255), found values above 1"),
+            tf.debugging.assert_equal(
+                tf.reduce_all(tf.math.is_finite(values)), True,
+                message="images: expected float32 RGB in [0, 1] (uint8 / 255), found non-finite values "
+                        "(NaN or Inf)"),
         ]
+        # The range checks run after the finite check: NaN fails every comparison, so it would
+        # otherwise be reported as "values below 0".
+        with tf.control_dependencies(checks):
+            checks += [
+                tf.debugging.assert_greater_equal(
+                    tf.reduce_min(values), -1e-3,
+                    message="images: expected float32 RGB in [0, 1] (uint8 / 255), found values below 0"),
+                tf.debugging.assert_less_equal(
+                    tf.reduce_max(values), 1.0 + 1e-3,
+                    message="images: expected float32 RGB in [0, 1] (uint8 / 255), found values above 1"),
+            ]
         # The network must wait for the checks: automatic control dependencies only order stateful
         # ops among themselves, so with one inter-op thread the first convolution could fail first
         # with TensorFlow's own message instead of ours.
@@ -148,6 +158,16 @@ def build_archive(model, height: int, width: int, batch_size: Optional[int] = No
         return at_input_size(prepared, sizes[0])
 
     def model_input(images):
+        if serving:
+            # A signature does not enforce its input shape when called: without this check another
+            # size would run the network at that size, not the fixed size the signature states.
+            expected = f"[batch, {height}, {width}, 3]"
+            check = tf.debugging.assert_equal(
+                tf.shape(images)[1:], tf.constant([height, width, 3]),
+                message=f"images: model_input takes the network's input size {expected} only "
+                        f"(serving_default resizes any size)")
+            with tf.control_dependencies([check]):
+                images = tf.identity(images)
         return {"disparity": network(images)}
 
     endpoints = [(MODEL_INPUT_SIGNATURE, model_input,
@@ -164,21 +184,69 @@ def build_archive(model, height: int, width: int, batch_size: Optional[int] = No
     return archive
 
 
+# What a SavedModel folder of ours holds at its top level (keras ExportArchive.write_out + metadata).
+_SAVED_MODEL_ENTRIES = {"saved_model.pb", "fingerprint.pb", "variables", "assets", "assets.extra"}
+
+
+def is_previous_export(folder) -> bool:
+    """True when ``folder`` is a SavedModel this module wrote: our metadata file is there and the
+    folder holds nothing a SavedModel does not (so replacing it loses nothing of the user's)."""
+    folder = pathlib.Path(folder)
+    if not (folder / "saved_model.pb").is_file() or not (folder / METADATA_PATH).is_file():
+        return False
+    if any(entry.name not in _SAVED_MODEL_ENTRIES for entry in folder.iterdir()):
+        return False
+    try:
+        return "format_version" in json.loads((folder / METADATA_PATH).read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def check_output_folder(output) -> pathlib.Path:
+    """The absolute path a SavedModel may be written to, or FileExistsError saying why not.
+
+    Export writes a new folder, fills an empty one, or replaces a previous export of ours; it never
+    deletes anything it did not write: a file, or a non-empty folder that is not our export (the
+    current folder, a TensorFlow Serving model base folder with its version folders), is refused.
+    """
+    path = pathlib.Path(os.path.abspath(output))  # "." and "x/.." name real folders
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"--output={output}: {path} is a file; a SavedModel is a folder "
+                              f"(export deletes nothing it did not write)")
+    if path.is_dir() and any(path.iterdir()) and not is_previous_export(path):
+        entries = sorted(entry.name for entry in path.iterdir())
+        hint = ""
+        versions = [int(name) for name in entries if name.isdigit()]
+        if versions:  # a TensorFlow Serving base folder: the export belongs in a version folder
+            hint = ("; for TensorFlow Serving write a new version folder, e.g. "
+                    f"{path / str(max(versions) + 1)}")
+        shown = ", ".join(entries[:5]) + (f" (+{len(entries) - 5} more)" if len(entries) > 5 else "")
+        raise FileExistsError(f"--output={output}: {path} is a non-empty folder that is not a tripled_tf "
+                              f"export (it holds {shown}); export writes a new or empty folder or "
+                              f"replaces its own previous export, and deletes nothing else{hint}")
+    return path
+
+
 def write_saved_model(archive: keras.export.ExportArchive, output, metadata: Dict) -> str:
-    """Writes the archive to ``output`` (a folder) atomically: a temporary sibling renamed into place,
-    so an interrupted export never leaves a folder that looks complete."""
-    output = pathlib.Path(output)
+    """Writes the archive to ``output`` (a folder) and returns its absolute path.
+
+    ``output`` must be new, empty, or a previous export of ours (:func:`check_output_folder`;
+    FileExistsError otherwise). The SavedModel is written to a temporary sibling and renamed into
+    place, so an interrupted export never leaves a folder that looks complete; a previous export is
+    moved aside just before the rename and deleted after it (put back if the rename fails).
+    """
+    output = check_output_folder(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         target = staging / "saved_model"
-        with reflect_padding_by_concatenation():  # the endpoints are traced while saving
+        # The endpoints are traced while saving: XNNPACK- and GPU-friendly lowerings (models/layers.py).
+        with reflect_padding_by_concatenation(), upsampling_by_depth_to_space():
             archive.write_out(str(target), verbose=False)
         (target / METADATA_PATH).parent.mkdir(parents=True, exist_ok=True)
         (target / METADATA_PATH).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(target, output)
+        output = check_output_folder(output)  # again: the folder may have changed while writing
+        replace_folder(target, output, staging / "previous")  # deleted with the staging folder
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return str(output)

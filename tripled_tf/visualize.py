@@ -1,12 +1,12 @@
 """Colour depth maps and training previews (numpy + OpenCV, no TensorFlow)."""
 from __future__ import annotations
 
-import os
-import pathlib
 from typing import Optional, Sequence
 
 import cv2
 import numpy as np
+
+from tripled_tf.atomic_files import atomic_write_bytes
 
 
 def colorize_disparity(disp: np.ndarray, vmax: Optional[float] = None,
@@ -74,12 +74,7 @@ def preview_grid(images: Sequence[np.ndarray], pred_depths: Sequence[np.ndarray]
 
 def write_png(path, rgb: np.ndarray) -> str:
     """Writes an RGB uint8 image atomically (a reader never sees a half-written file)."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ok, encoded = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
     if not ok:
         raise IOError(f"could not encode PNG for {path}")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(encoded.tobytes())
-    os.replace(tmp, path)
-    return str(path)
+    return atomic_write_bytes(path, encoded.tobytes())

@@ -18,19 +18,20 @@ Frames are PNG or JPEG (Monodepth2's jpg conversion); the extension is detected 
 files itself.
 
 Public API: ``read_split``, ``split_path``, ``kitti_records``, ``read_calib_file``,
-``load_velodyne_points``, ``generate_depth_map``, ``image_size``, ``SPLIT_FILES``, ``SIDE_TO_CAMERA``.
+``load_velodyne_points``, ``generate_depth_map``, ``SPLIT_FILES``, ``SIDE_TO_CAMERA``.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-import struct
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tripled_tf.data.records import BadInputError, SkipReport, TripletRecord, normalized_intrinsics
-from tripled_tf.geometry import KITTI_NORMALIZED_INTRINSICS
+from tripled_tf.conventions import KITTI_NORMALIZED_INTRINSICS
+from tripled_tf.data.image_io import IMAGE_EXTENSIONS, check_image_file, read_image
+from tripled_tf.data.records import (BAD_CALIBRATION, MISSING_FILE, MISSING_NEIGHBOUR, BadInputError,
+                                     SkipReport, TripletRecord, normalized_intrinsics, unreadable)
 
 # Split names -> file inside Monodepth2's splits/ folder.
 SPLIT_FILES = {
@@ -45,7 +46,6 @@ SPLIT_FILES = {
 
 SIDE_TO_CAMERA = {"l": 2, "r": 3}
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 SplitLine = Tuple[str, int, str]
 
@@ -70,7 +70,7 @@ def read_split(path) -> List[SplitLine]:
         with open(path, "r") as f:
             text = f.read()
     except OSError as e:
-        raise BadInputError(path, f"cannot read split file ({e.strerror or e})") from None
+        raise unreadable(path, "split file", e) from None
     lines: List[SplitLine] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -149,7 +149,7 @@ def read_calib_file(path, required: Iterable[str] = ()) -> Dict[str, np.ndarray]
         with open(path, "r") as f:
             text = f.read()
     except OSError as e:
-        raise BadInputError(path, f"cannot read calibration file ({e.strerror or e})") from None
+        raise unreadable(path, "calibration file", e) from None
     data: Dict[str, np.ndarray] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -191,7 +191,7 @@ def load_velodyne_points(path) -> np.ndarray:
     try:
         raw = np.fromfile(path, dtype="<f4")
     except OSError as e:
-        raise BadInputError(path, f"cannot read Velodyne scan ({e.strerror or e})") from None
+        raise unreadable(path, "Velodyne scan", e) from None
     size = os.path.getsize(path)
     if size == 0:
         raise BadInputError(path, "empty Velodyne scan (0 bytes)")
@@ -268,29 +268,7 @@ def generate_depth_map(calib_dir, velo_path, cam=2) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------
-# Images
-
-
-def image_size(path) -> Tuple[int, int]:
-    """(width, height) of a PNG (read from its header) or any image OpenCV decodes.
-
-    Raises:
-      BadInputError naming the file if it is missing or cannot be read.
-    """
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(24)
-    except OSError as e:
-        raise BadInputError(path, f"cannot read image ({e.strerror or e})") from None
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-        width, height = struct.unpack(">II", head[16:24])
-        return int(width), int(height)
-    import cv2  # only for non-PNG frames (JPEG has no fixed-offset size field)
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise BadInputError(path, "cannot decode image (truncated, corrupt or not an image)")
-    return int(image.shape[1]), int(image.shape[0])
+# Frame files
 
 
 def _find_frame(stem: str, image_ext: Optional[str]) -> Optional[str]:
@@ -327,7 +305,7 @@ def _calibrated_intrinsics(data_path: str, folder: str, side: str,
         path = os.path.join(data_path, "sequences", f"{int(folder):02d}", "calib.txt")
         key = f"P{cam}"
         calib = read_calib_file(path, required=(key,))
-        width, height = image_size(target)  # odometry calib.txt has no image size
+        width, height = check_image_file(target)  # odometry calib.txt has no image size
     else:
         path = os.path.join(data_path, folder.split("/")[0], "calib_cam_to_cam.txt")
         key = f"P_rect_0{cam}"
@@ -337,7 +315,7 @@ def _calibrated_intrinsics(data_path: str, folder: str, side: str,
         if size_key in calib:
             width, height = _calib_matrix(calib, size_key, (1, 2), path)[0]
         else:
-            width, height = image_size(target)
+            width, height = check_image_file(target)
     p = _calib_matrix(calib, key, (3, 4), path)
     return normalized_intrinsics(p[0, 0], p[1, 1], p[0, 2], p[1, 2], width, height)
 
@@ -414,11 +392,13 @@ def kitti_records(data_path, split, frame_offsets: Sequence[int] = (-1, 0, 1),
         except BadInputError as e:
             if not skip_bad_frames:
                 raise
-            report.add(f"{name}: {e}")
+            report.add(f"{name}: {e}", MISSING_FILE if target is None
+                       else BAD_CALIBRATION)
             continue
         if prev is None or nxt is None:
             missing = [str(index + o) for o, f in zip(offsets, frames) if f is None]
-            report.add(f"{name}: neighbour frame(s) {', '.join(missing)} missing")
+            report.add(f"{name}: neighbour frame(s) {', '.join(missing)} missing",
+                       MISSING_NEIGHBOUR)
             continue
         velodyne = _velodyne_path(data_path, folder, index)
         records.append(TripletRecord(prev=prev, target=target, next=nxt, intrinsics=intrinsics,
@@ -493,9 +473,7 @@ def load_benchmark_depth(path) -> np.ndarray:
     [H, W] float32 metres."""
     import cv2
     path = os.fspath(path)
-    depth = cv2.imread(path, cv2.IMREAD_ANYDEPTH)
-    if depth is None:
-        raise BadInputError(path, "cannot decode ground-truth depth PNG")
+    depth = read_image(path, cv2.IMREAD_ANYDEPTH)
     if depth.dtype != np.uint16:
         raise BadInputError(path, f"ground-truth depth PNG must be 16-bit (depth × 256), got {depth.dtype}")
     return depth.astype(np.float32) / 256.0
@@ -520,7 +498,7 @@ def odometry_sequence(data_path, sequence: int, poses_path=None, image_ext: Opti
     try:
         rows = np.loadtxt(poses_path, dtype=np.float64, ndmin=2)
     except OSError as e:
-        raise BadInputError(poses_path, f"cannot read poses file ({e})") from None
+        raise unreadable(poses_path, "poses file", e) from None
     except ValueError as e:
         raise BadInputError(poses_path, f"malformed poses file ({e})") from None
     if rows.shape[1] != 12:

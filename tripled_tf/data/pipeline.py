@@ -9,20 +9,11 @@ frame files on disk). Both end in the same per-sample step and yield batches (di
   "target_aug", "source_prev_aug", "source_next_aug": [B, H, W, 3] colour-jittered copies (what the
       networks see); equal to the plain frames when jitter is off or not drawn for the sample;
   "K": [B, 4, 4] pixel intrinsics at the training size (after a flip: cx' = W - 1 - cx);
-  "erase_mask": [B, H, W, 1] float32, 1 = keep, 0 = hole (METHOD.md §2.7);
+  "erase_mask": [B, H, W, 1] float32, 1 = keep, 0 = hole (docs/method.md §2.7);
   and, when the arrays have them, "depth" [B, H, W, 1] metres and "pose_prev", "pose_next" [B, 4, 4]
   (T_{0->s}, metres), flipped / mirrored consistently with the images.
 
-Augmentation follows the references (METHOD.md §5): torchvision ColorJitter semantics, applied with
-probability ``jitter_prob`` per sample, independent parameters per frame (TripleD) or one draw per sample
-(Monodepth2); a horizontal flip of the whole sample with probability ``flip_prob``.
-
-Flip and intrinsics. Pixel centres are at integer coordinates, so mirroring maps column u to W - 1 - u and
-the principal point to cx' = W - 1 - cx. The references keep K unchanged after a flip (cx = W / 2 both
-ways), i.e. their flipped samples have a principal point 1 pixel off (cx = W/2 -> W/2 - 1 here). A flip
-mirrors the 3-D world through the plane x = 0 of every camera, F = diag(-1, 1, 1, 1): a target point X
-becomes F X and its source-frame image F T X = (F T F)(F X), so the mirrored target->source transform is
-T' = F T F (rotation about y and z reversed, x translation negated).
+Augmentation (flip, colour jitter, erase mask): :mod:`tripled_tf.data.augmentation`.
 
 Randomness is stateless (``tf.random.stateless_*``) and keyed by (seed, position of the sample in the
 one shuffled, repeated stream of global batches), so with ``deterministic=True`` and a seed two
@@ -37,7 +28,10 @@ parallel map calls scale). Before decoding, the PNG IEND / JPEG EOI trailer is c
 truncated JPEG otherwise decodes "successfully" with grey fill. A missing, truncated or corrupt file
 raises :class:`~tripled_tf.data.records.BadInputError` naming the file (missing files when the dataset is
 built; unreadable ones while iterating, where TensorFlow wraps the error but keeps the message), or with
-``skip_bad_frames=True`` the sample is dropped and counted in a :class:`~tripled_tf.data.records.SkipReport`.
+``skip_bad_frames=True`` the sample is dropped and counted by cause in a
+:class:`~tripled_tf.data.records.SkipReport` (the first few also printed as ``warning:`` lines as they are
+met); when every sample turns out bad the stream raises BadInputError instead of filtering forever.
+The three frames of a sample must have one size (a frame of another size is a bad sample too).
 
 Resizing (records): default ``"tf_lanczos3"`` (tf.image.resize lanczos3 with antialias on the float
 frame), measured on a KITTI frame at 640x192 / 1024x320 within 0.26 / 255 mean absolute difference of the
@@ -58,22 +52,17 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from tripled_tf import checks, color
-from tripled_tf.data.records import BadInputError, SkipReport, TripletRecord, intrinsics_at_size
+from tripled_tf import checks
+from tripled_tf.data.augmentation import FRAME_KEYS, POSE_KEYS, augment_sample
+from tripled_tf.data.image_io import read_image
+from tripled_tf.data.records import (MISSING_FILE, SIZE_MISMATCH, UNREADABLE_FILE, BadInputError,
+                                     SkipReport, TripletRecord, intrinsics_at_size)
 
-__all__ = ["RESIZE_METHODS", "PipelineConfig", "color_jitter", "erase_mask", "flip_pose",
-           "flip_intrinsics", "records_dataset", "arrays_dataset", "load_frame",
+__all__ = ["RESIZE_METHODS", "PipelineConfig", "records_dataset", "arrays_dataset", "load_frame",
            "load_resized_frame"]
 
 RESIZE_METHODS = ("tf_lanczos3", "tf_area", "tf_bilinear", "cv2_area")
-FRAME_KEYS = ("target", "source_prev", "source_next")
-POSE_KEYS = ("pose_prev", "pose_next")
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_TRAILER = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # empty IEND chunk with its fixed CRC
-_JPEG_SOI = b"\xff\xd8"
-_JPEG_EOI = b"\xff\xd9"
-# Brightness, contrast, saturation, hue: the four jitter operations, indices used by ``order``.
-_BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)
+_WARNED_SKIPS = 10  # skipped samples printed as they are met; every one is counted in the SkipReport
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +84,8 @@ class PipelineConfig:
       brightness, contrast, saturation: factor ranges U(1 - v, 1 + v) (torchvision ColorJitter).
       hue: hue shift range U(-hue, hue), in fractions of the hue circle (<= 0.5).
       flip_prob: probability of a horizontal flip of the whole sample.
+      flip_keeps_intrinsics: leave K unchanged on a flip, as the references do (their flipped samples'
+        principal point is then 1 pixel off); False (default) mirrors it, cx' = W - 1 - cx.
       erase_count, erase_size: number and side (pixels) of the square holes of the erase mask.
       num_parallel_calls: parallel decode/augment calls (tf.data.AUTOTUNE = -1 lets tf.data choose).
       shuffle_buffer: shuffle buffer size in samples (capped at the number of samples).
@@ -119,6 +110,7 @@ class PipelineConfig:
     saturation: float = 0.2
     hue: float = 0.1
     flip_prob: float = 0.5
+    flip_keeps_intrinsics: bool = False
     erase_count: int = 16
     erase_size: int = 16
     num_parallel_calls: int = tf.data.AUTOTUNE
@@ -158,210 +150,6 @@ class PipelineConfig:
         if self.deterministic and self.seed is None:
             raise ValueError("PipelineConfig.deterministic=True needs a seed (identical batches on "
                              "every iteration are only defined for a fixed seed)")
-
-
-# ------------------------------------------------------------------------------------------------
-# Colour jitter (torchvision ColorJitter semantics on float images).
-
-
-def _per_image(value, batch) -> tf.Tensor:
-    """A scalar or [B] factor as [B, 1, 1, 1] float32 (broadcast against [B, H, W, C])."""
-    value = tf.convert_to_tensor(value, tf.float32)
-    if value.shape.rank not in (None, 0, 1):
-        raise ValueError(f"jitter factors must be scalars or [B] vectors, got shape {value.shape}")
-    return tf.reshape(tf.broadcast_to(value, [batch]), [-1, 1, 1, 1])
-
-
-def color_jitter(images, brightness=1.0, contrast=1.0, saturation=1.0, hue=0.0,
-                 order: Sequence[int] = (0, 1, 2, 3)) -> tf.Tensor:
-    """Applies torchvision-style colour jitter with given factors (no randomness here).
-
-    The four operations, each followed by clamping to [0, 1] as torchvision does:
-      brightness b: x * b;
-      contrast c: c * x + (1 - c) * mean(luma(x)) (one scalar mean per image, ITU-R 601 luma);
-      saturation s: s * x + (1 - s) * luma(x) (per pixel);
-      hue h: rotate the hue of every pixel by h (fraction of the circle) in HSV space.
-    Unlike the references (8-bit PIL images) there is no rounding to 1/255 between the steps.
-
-    Args:
-      images: [B, H, W, 3] float32 RGB in [0, 1].
-      brightness, contrast, saturation: factors, scalars or [B]; 1 = unchanged.
-      hue: shift in [-0.5, 0.5], scalar or [B]; 0 = unchanged.
-      order: permutation of (0 brightness, 1 contrast, 2 saturation, 3 hue): the order in which the
-        operations are applied (python sequence or int tensor [4]); shared by the batch.
-
-    Returns:
-      [B, H, W, 3] float32 in [0, 1].
-    """
-    images = checks.as_images(images, "images", channels=3)
-    batch = tf.shape(images)[0]
-    factors = {_BRIGHTNESS: _per_image(brightness, batch), _CONTRAST: _per_image(contrast, batch),
-               _SATURATION: _per_image(saturation, batch), _HUE: _per_image(hue, batch)}
-
-    def brightness_op(x):
-        return tf.clip_by_value(x * factors[_BRIGHTNESS], 0.0, 1.0)
-
-    def contrast_op(x):
-        mean = tf.reduce_mean(color.rgb_to_gray(x), axis=[1, 2, 3], keepdims=True)
-        c = factors[_CONTRAST]
-        return tf.clip_by_value(c * x + (1.0 - c) * mean, 0.0, 1.0)
-
-    def saturation_op(x):
-        s = factors[_SATURATION]
-        return tf.clip_by_value(s * x + (1.0 - s) * color.rgb_to_gray(x), 0.0, 1.0)
-
-    def hue_op(x):
-        h = factors[_HUE]
-        hsv = tf.image.rgb_to_hsv(x)
-        # floormod keeps the hue in [0, 1) for negative shifts too (torchvision: (h + shift) % 1).
-        shifted = tf.concat([tf.math.floormod(hsv[..., :1] + h, 1.0), hsv[..., 1:]], axis=-1)
-        return tf.clip_by_value(tf.image.hsv_to_rgb(shifted), 0.0, 1.0)
-
-    ops = [brightness_op, contrast_op, saturation_op, hue_op]
-    if isinstance(order, (list, tuple)):
-        if sorted(order) != [0, 1, 2, 3]:
-            raise ValueError(f"order must be a permutation of (0, 1, 2, 3), got {order!r}")
-        for op in order:
-            images = ops[op](images)
-        return images
-    order = tf.convert_to_tensor(order, tf.int32)
-
-    # A loop over the four steps rather than four unrolled switches: the switch's branches are
-    # traced once instead of 4 x 4 times, which made building a pipeline ~1 s slower per call.
-    def apply_step(step, x):
-        return step + 1, tf.switch_case(order[step], [lambda op=op: op(x) for op in ops])
-
-    _, images = tf.while_loop(lambda step, _: step < 4, apply_step, (tf.constant(0), images))
-    return images
-
-
-# ------------------------------------------------------------------------------------------------
-# Erase mask, flips.
-
-
-def erase_mask(height: int, width: int, count: int = 16, size: int = 16, seed=None) -> tf.Tensor:
-    """The inpainting pretext's erase mask (METHOD.md §2.7) for one sample.
-
-    ``count`` square holes of ``size`` x ``size`` pixels; each hole's top-left row is uniform in
-    {0, ..., height - size - 2} and column in {0, ..., width - size - 2} (the reference's bounds:
-    {0..H-18} for 16 px holes); holes may overlap.
-
-    Args:
-      height, width: mask size in pixels (>= size + 2).
-      count, size: number and side of the holes.
-      seed: stateless seed, int tensor [2]; None draws from the global generator.
-
-    Returns:
-      [height, width, 1] float32, 1 = keep, 0 = hole.
-    """
-    height, width, count, size = int(height), int(width), int(count), int(size)
-    if count == 0:
-        return tf.ones([height, width, 1], tf.float32)
-    if height < size + 2 or width < size + 2:
-        raise ValueError(f"erase_mask: holes of {size} px need at least {size + 2}x{size + 2} pixels, "
-                         f"got {height}x{width}")
-    if seed is None:
-        seed = tf.random.uniform([2], 0, 2 ** 31 - 1, dtype=tf.int64)
-    row_seed, col_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    rows = tf.random.stateless_uniform([count], row_seed, 0, height - size - 1, dtype=tf.int32)
-    cols = tf.random.stateless_uniform([count], col_seed, 0, width - size - 1, dtype=tf.int32)
-    y = tf.range(height)[None, :]
-    x = tf.range(width)[None, :]
-    in_rows = (y >= rows[:, None]) & (y < rows[:, None] + size)  # [count, H]
-    in_cols = (x >= cols[:, None]) & (x < cols[:, None] + size)  # [count, W]
-    hole = tf.reduce_any(in_rows[:, :, None] & in_cols[:, None, :], axis=0)
-    return tf.cast(tf.logical_not(hole), tf.float32)[..., None]
-
-
-def flip_intrinsics(K, width: int) -> tf.Tensor:
-    """Intrinsics of horizontally mirrored images: cx' = width - 1 - cx (pixel centres at integers).
-
-    Args:
-      K: [B, 4, 4] pixel intrinsics of images ``width`` pixels wide.
-    Returns:
-      [B, 4, 4]; only K[:, 0, 2] changes (fx stays positive: the image, not the camera, is mirrored).
-    """
-    K = checks.as_matrices(K, "K")
-    cx = float(width) - 1.0 - K[:, 0, 2]
-    return _set_cx(K, cx)
-
-
-def _set_cx(K: tf.Tensor, cx: tf.Tensor) -> tf.Tensor:
-    mask = tf.one_hot(0, 4)[:, None] * tf.one_hot(2, 4)[None, :]  # selects entry (0, 2)
-    return K * (1.0 - mask) + cx[:, None, None] * mask
-
-
-def flip_pose(T) -> tf.Tensor:
-    """Target->source transforms of horizontally mirrored samples: T' = F T F, F = diag(-1, 1, 1, 1).
-
-    Args:
-      T: [B, 4, 4] rigid transforms (metres).
-    Returns:
-      [B, 4, 4]: rotations about y and z reversed, x translation negated.
-    """
-    T = checks.as_matrices(T, "T")
-    sign = tf.constant([-1.0, 1.0, 1.0, 1.0])
-    return T * sign[:, None] * sign[None, :]
-
-
-# ------------------------------------------------------------------------------------------------
-# The per-sample augmentation step shared by all sources.
-
-
-def _draw_jitter(seed, config: PipelineConfig):
-    """One draw of (brightness, contrast, saturation, hue, order) from a stateless seed [2]."""
-    seeds = tf.random.experimental.stateless_split(seed, 5)
-
-    def factor(s, spread):
-        return tf.random.stateless_uniform([], s, 1.0 - spread, 1.0 + spread)
-
-    hue = tf.random.stateless_uniform([], seeds[3], -config.hue, config.hue)
-    order = tf.argsort(tf.random.stateless_uniform([4], seeds[4]))
-    return (factor(seeds[0], config.brightness), factor(seeds[1], config.contrast),
-            factor(seeds[2], config.saturation), hue, tf.cast(order, tf.int32))
-
-
-def _augment_sample(sample: Dict[str, tf.Tensor], seed, config: PipelineConfig) -> Dict[str, tf.Tensor]:
-    """Flip, colour jitter and erase mask for one (unbatched) sample; ``seed`` is int64 [2]."""
-    height, width = config.height, config.width
-    flip_seed, apply_seed, jitter_seed, erase_seed = tf.unstack(
-        tf.random.experimental.stateless_split(seed, 4))
-    out = dict(sample)
-    # One cond per decision, over all the tensors it affects (each cond traces two functions).
-    if config.augment and config.flip_prob > 0:
-        flip = tf.random.stateless_uniform([], flip_seed) < config.flip_prob
-        flipped = {key: value for key, value in out.items() if key in FRAME_KEYS + ("depth", "K") + POSE_KEYS}
-
-        def mirror():
-            mirrored = {}
-            for key, value in flipped.items():
-                if key == "K":
-                    mirrored[key] = flip_intrinsics(value[None], width)[0]
-                elif key in POSE_KEYS:
-                    mirrored[key] = flip_pose(value[None])[0]
-                else:
-                    mirrored[key] = tf.reverse(value, axis=[1])
-            return mirrored
-
-        out.update(tf.cond(flip, mirror, lambda: dict(flipped)))
-    frames = [out[key] for key in FRAME_KEYS]
-    if config.augment and config.jitter_prob > 0:
-        apply = tf.random.stateless_uniform([], apply_seed) < config.jitter_prob
-        frame_seeds = tf.random.experimental.stateless_split(jitter_seed, 3)
-        shared = _draw_jitter(frame_seeds[0], config)
-        params = [_draw_jitter(frame_seeds[i], config) if config.jitter_per_frame else shared
-                  for i in range(len(frames))]
-
-        def jitter():
-            return [color_jitter(f[None], *p[:4], order=p[4])[0] for f, p in zip(frames, params)]
-
-        augmented = tf.cond(apply, jitter, lambda: list(frames))
-    else:
-        augmented = frames
-    for key, frame in zip(FRAME_KEYS, augmented):
-        out[key + "_aug"] = tf.ensure_shape(frame, [height, width, 3])
-    out["erase_mask"] = erase_mask(height, width, config.erase_count, config.erase_size, erase_seed)
-    return out
 
 
 def _base_seed(config: PipelineConfig) -> tf.Tensor:
@@ -470,7 +258,7 @@ def arrays_dataset(arrays: Dict[str, np.ndarray], config: PipelineConfig,
     def make_sample(position, index):
         sample = {key: tf.gather(value, index) for key, value in tensors.items()}
         seed = tf.random.experimental.stateless_fold_in(base_seed, position)
-        return _augment_sample(sample, seed, config)
+        return augment_sample(sample, seed, config)
 
     dataset = _index_dataset(num_samples, config, input_context)
     dataset = dataset.map(make_sample, num_parallel_calls=config.num_parallel_calls,
@@ -482,42 +270,23 @@ def arrays_dataset(arrays: Dict[str, np.ndarray], config: PipelineConfig,
 # File sources.
 
 
-def _check_trailer(path: str, data: bytes) -> None:
-    """Raises BadInputError for an empty, truncated or not-PNG/JPEG file (cheap byte checks)."""
-    if not data:
-        raise BadInputError(path, "empty file")
-    if data.startswith(_PNG_SIGNATURE):
-        if not data.endswith(_PNG_TRAILER):
-            raise BadInputError(path, "truncated PNG (no IEND chunk at the end of the file)")
-    elif data.startswith(_JPEG_SOI):
-        # Some encoders pad after the end-of-image marker; tolerate zero padding only.
-        if not data.rstrip(b"\x00").endswith(_JPEG_EOI):
-            raise BadInputError(path, "truncated JPEG (no end-of-image marker FFD9 at the end of the file)")
-    else:
-        raise BadInputError(path, f"not a PNG or JPEG file (starts with {data[:8]!r})")
-
-
 def load_frame(path: str) -> np.ndarray:
     """Reads one frame file (PNG or JPEG) as RGB uint8 [h, w, 3] at its native size.
 
     Raises:
-      BadInputError naming the file: missing, empty, truncated or undecodable.
+      BadInputError naming the file: missing, empty, truncated or undecodable (``image_io.read_image``).
     """
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as error:
-        raise BadInputError(path, f"cannot read frame ({error.strerror or error})") from None
-    _check_trailer(path, data)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None or image.ndim != 3 or image.shape[2] != 3:
-        raise BadInputError(path, "corrupt image data (OpenCV cannot decode it)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(read_image(path), cv2.COLOR_BGR2RGB)
 
 
 class _TripletLoader:
-    """Python side of the decode step (runs inside tf.numpy_function, several calls in parallel)."""
+    """Python side of the decode step (runs inside tf.numpy_function, several calls in parallel).
+
+    With ``skip_bad_frames`` a bad sample is counted in the report the first time it is met and
+    replaced by a placeholder the dataset filters out. Once every sample has been found bad the
+    stream could never yield a batch (the filter would spin over the repeated stream forever), so
+    the loader raises instead.
+    """
 
     def __init__(self, records: Sequence[TripletRecord], config: PipelineConfig, report: SkipReport):
         self.records = records
@@ -526,29 +295,65 @@ class _TripletLoader:
         self._reported = set()
         self._lock = threading.Lock()
 
-    def _skip(self, index: int, error: BadInputError) -> None:
+    def _skip(self, index: int, error: BadInputError, cause: str) -> None:
         with self._lock:  # count each bad sample once, not once per epoch
-            if index not in self._reported:
-                self._reported.add(index)
-                self.report.add(f"{self.records[index].name or index}: {error}")
+            if index in self._reported:
+                return
+            self._reported.add(index)
+            every_sample_bad = len(self._reported) == len(self.records)
+        message = f"{self.records[index].name or index}: {error}"
+        if self.report.add(message, cause) and len(self.report) <= _WARNED_SKIPS:
+            more = (" (further skips are counted, not printed)" if len(self.report) == _WARNED_SKIPS
+                    else "")
+            print(f"warning: skipped {message}{more}", flush=True)
+        if every_sample_bad:
+            raise BadInputError(_common_folder(self.records),
+                                f"none of the {len(self.records)} samples can be used, there is nothing "
+                                f"to train on ({self.report.summary()})")
+
+    @staticmethod
+    def _odd_size_frame(frames, paths) -> Optional[BadInputError]:
+        """A BadInputError naming the frame of a triplet whose size differs from the others, or None.
+        The three frames of a sample must show one camera at one size: a frame of another size would
+        be stretched to the training size silently and break the warp."""
+        sizes = [f.shape[:2] for f in frames]
+        if sizes[0] == sizes[1] == sizes[2]:
+            return None
+        odd = 0 if sizes[1] == sizes[2] else (1 if sizes[0] == sizes[2] else 2)
+        other = sizes[(odd + 1) % 3]
+        return BadInputError(paths[odd], f"frame is {sizes[odd][1]}x{sizes[odd][0]} but the other "
+                                         f"frame(s) of its triplet are {other[1]}x{other[0]}")
 
     def __call__(self, index):
         index = int(index)
         size = (self.config.height, self.config.width)
+        record = self.records[index]
+        # In FRAME_KEYS order (target, source_prev, source_next), not the record's time order.
+        paths = (record.target, record.prev, record.next)
         try:
-            record = self.records[index]
-            # In FRAME_KEYS order (target, source_prev, source_next), not the record's time order.
-            frames = [load_frame(path) for path in (record.target, record.prev, record.next)]
-        except BadInputError as error:
+            frames = [load_frame(path) for path in paths]
+            cause = SIZE_MISMATCH
+            error = self._odd_size_frame(frames, paths)
+        except BadInputError as decode_error:
+            cause, error = UNREADABLE_FILE, decode_error
+        if error is not None:
             if not self.config.skip_bad_frames:
-                raise
-            self._skip(index, error)
+                raise error
+            self._skip(index, error, cause)
             shape = (1, 1, 3) if self.config.resize_method != "cv2_area" else (*size, 3)
             return (*[np.zeros(shape, np.uint8)] * 3, np.bool_(False))
         if self.config.resize_method == "cv2_area":
             frames = [f if f.shape[:2] == size else
                       cv2.resize(f, (size[1], size[0]), interpolation=cv2.INTER_AREA) for f in frames]
         return (*frames, np.bool_(True))
+
+
+def _common_folder(records: Sequence[TripletRecord]) -> str:
+    """The deepest folder holding every frame of ``records`` (what an error about all of them names)."""
+    try:
+        return os.path.commonpath([os.path.dirname(os.path.abspath(p)) for r in records for p in r.paths])
+    except ValueError:  # paths on different drives
+        return os.path.dirname(records[0].target)
 
 
 def load_resized_frame(path: str, config: PipelineConfig) -> np.ndarray:
@@ -588,9 +393,10 @@ def records_dataset(records: Sequence[TripletRecord], config: PipelineConfig,
       training size.
 
     Raises:
-      BadInputError: a missing frame file (when building), unless ``skip_bad_frames``. An unreadable
-        file found while iterating surfaces as a tf.errors.OpError whose message contains the
-        BadInputError message (file and problem).
+      BadInputError: a missing frame file (when building), unless ``skip_bad_frames``; no usable
+        sample left (when building, or while iterating once every sample was met and found bad).
+        An unreadable file (or a triplet whose frames differ in size) found while iterating surfaces
+        as a tf.errors.OpError whose message contains the BadInputError message (file and problem).
     """
     records = list(records)
     for i, record in enumerate(records):
@@ -606,10 +412,12 @@ def records_dataset(records: Sequence[TripletRecord], config: PipelineConfig,
         error = BadInputError(missing[0], "frame file does not exist")
         if not config.skip_bad_frames:
             raise error
-        report.add(f"{record.name or record.target}: {error}")
+        report.add(f"{record.name or record.target}: {error}", MISSING_FILE)
     if not usable:
-        raise ValueError(f"records_dataset: no usable samples out of {len(records)} "
-                         f"({report.summary()})")
+        if not records:
+            raise ValueError("records_dataset: no records")
+        raise BadInputError(_common_folder(records), f"none of the {len(records)} samples can be used "
+                                                     f"({report.summary()})")
     size = (config.height, config.width)
     K_all = tf.constant(np.stack([intrinsics_at_size(r.intrinsics, config.width, config.height)
                                   for r in usable]))
@@ -632,7 +440,7 @@ def records_dataset(records: Sequence[TripletRecord], config: PipelineConfig,
     def augment(position, sample, ok):
         del ok
         seed = tf.random.experimental.stateless_fold_in(base_seed, position)
-        return _augment_sample(sample, seed, config)
+        return augment_sample(sample, seed, config)
 
     dataset = _index_dataset(len(usable), config, input_context)
     dataset = dataset.map(load, num_parallel_calls=config.num_parallel_calls,

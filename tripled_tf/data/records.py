@@ -7,7 +7,8 @@ intrinsics of the native frames — and the pipeline (``tripled_tf.data.pipeline
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Tuple
+import threading
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -22,6 +23,19 @@ class BadInputError(ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+def unreadable(path, what: str, error: Exception) -> BadInputError:
+    """The one wording for a file that cannot be read: ``"<path>: cannot read <what>: <reason>"``
+    (the OS's reason, e.g. "No such file or directory", when there is one). Raise it ``from None``."""
+    reason = getattr(error, "strerror", None) or error
+    return BadInputError(path, f"cannot read {what}: {reason}")
+
+
+class SettingError(ValueError):
+    """A setting that cannot work as given (no intrinsics for a video, fewer samples than one batch,
+    a batch that does not split over the replicas, a missing optional package). The message names
+    the flag to change; entry points print it as one line."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,20 +77,54 @@ def intrinsics_at_size(normalized: Tuple[float, float, float, float], width: int
                      [0, 0, 1, 0], [0, 0, 0, 1]], np.float32)
 
 
+# Causes of a skip, as counted in SkipReport.by_cause() (console, result.json).
+MISSING_NEIGHBOUR = "missing neighbour frame"
+MISSING_FILE = "missing file"
+UNREADABLE_FILE = "unreadable file"
+SIZE_MISMATCH = "frame size mismatch"
+STATIC_FRAME = "static frame"
+BAD_CALIBRATION = "bad calibration"
+BAD_LIDAR = "bad LiDAR scan"
+TRUNCATED_VIDEO = "truncated video"
+
+
 @dataclasses.dataclass
 class SkipReport:
-    """Counts what a source skipped (missing neighbours, bad files) so it can be reported, not lost."""
+    """Counts what a source skipped (missing neighbours, bad files), by cause, so it can be reported,
+    not lost. Thread-safe (the pipeline's decode calls add to it in parallel); a sample added again
+    (met in a later epoch, or by a second dataset over the same records) is counted once."""
     skipped: List[str] = dataclasses.field(default_factory=list)
+    causes: List[str] = dataclasses.field(default_factory=list)  # the cause of each entry of skipped
+    _seen: set = dataclasses.field(default_factory=set, repr=False, compare=False)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def add(self, what: str) -> None:
-        self.skipped.append(what)
+    def add(self, what: str, cause: str = UNREADABLE_FILE) -> bool:
+        """Counts ``what`` (a message naming the sample and the file); False if it was counted before."""
+        with self._lock:
+            if what in self._seen:
+                return False
+            self._seen.add(what)
+            self.skipped.append(what)
+            self.causes.append(cause)
+            return True
 
     def __len__(self) -> int:
         return len(self.skipped)
 
+    def by_cause(self) -> Dict[str, int]:
+        counts: Dict[str, int] = {}
+        for cause in self.causes:
+            counts[cause] = counts.get(cause, 0) + 1
+        return counts
+
+    def as_dict(self) -> Dict:
+        """{"total": n, "by_cause": {cause: n}, "first": [up to 5 messages]} (for result.json)."""
+        return {"total": len(self), "by_cause": self.by_cause(), "first": self.skipped[:5]}
+
     def summary(self, limit: int = 5) -> str:
         if not self.skipped:
             return "nothing skipped"
+        causes = ", ".join(f"{count} {cause}" for cause, count in self.by_cause().items())
         head = "; ".join(self.skipped[:limit])
         more = f" (+{len(self.skipped) - limit} more)" if len(self.skipped) > limit else ""
-        return f"skipped {len(self.skipped)}: {head}{more}"
+        return f"skipped {len(self.skipped)} [{causes}]: {head}{more}"

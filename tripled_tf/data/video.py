@@ -7,8 +7,9 @@ to the tf.data pipeline (``tripled_tf.data.records``).
 What it does, in order:
 
 1. Intrinsics are resolved first (before any decoding, so a mistake costs nothing): ``fx, fy, cx, cy``
-   in pixels of the ORIGINAL frames, or a calibration file (see :func:`load_calibration`). Nothing is
-   guessed: without intrinsics the call fails and says how to provide them.
+   in pixels of the ORIGINAL frames, or a calibration file (see
+   :func:`tripled_tf.data.calibration.load_calibration`). Nothing is guessed: without intrinsics the
+   call fails and says how to provide them.
 2. A video file is decoded ONCE into a cache folder of JPEG frames (``cache_dir``; default
    ``<video stem>_frames/`` beside the video), keeping every ``frame_stride``-th frame and, with
    ``max_side``, shrinking frames so that their longer side is at most ``max_side`` pixels. The cache is
@@ -57,11 +58,13 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-from tripled_tf.data.records import BadInputError, SkipReport, TripletRecord, normalized_intrinsics
+from tripled_tf.data.calibration import Calibration, calibration_from_arguments
+from tripled_tf.data.image_io import IMAGE_EXTENSIONS, check_image_file, read_image
+from tripled_tf.data.records import (SIZE_MISMATCH, STATIC_FRAME, TRUNCATED_VIDEO, UNREADABLE_FILE,
+                                     BadInputError, SettingError, SkipReport, TripletRecord)
 
 PathLike = Union[str, os.PathLike]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 MANIFEST_NAME = "manifest.json"
 THUMBNAILS_NAME = "thumbnails.npy"
 THUMBNAIL_WIDTH = 64
@@ -69,237 +72,20 @@ THUMBNAIL_WIDTH = 64
 # well below the photometric noise floor while the cache stays ~10x smaller than PNG.
 CACHE_JPEG_QUALITY = 95
 # Bump when the cache layout changes so old caches are rebuilt rather than misread.
-CACHE_FORMAT_VERSION = 1
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_JPEG_SOI = b"\xff\xd8"
-# JPEG start-of-frame markers (the ones that carry the image size); C4, C8 and CC are not SOFs.
-_JPEG_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+CACHE_FORMAT_VERSION = 2  # 2: declared_frames in the manifest
 
 
-# ----------------------------------------------------------------------------------------------------
-# Calibration
 
-
-@dataclasses.dataclass(frozen=True)
-class Calibration:
-    """Pinhole intrinsics in pixels of a width x height image (width/height None when unknown).
-
-    Attributes:
-      fx, fy: focal lengths in pixels; cx, cy: principal point in pixels (x right, y down).
-      width, height: size in pixels of the image the values refer to, or None (= the frames' size).
-    """
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    width: Optional[int] = None
-    height: Optional[int] = None
-
-    def normalized(self, frame_width: int, frame_height: int,
-                   source: str = "intrinsics") -> Tuple[float, float, float, float]:
-        """(fx / W, fy / H, cx / W, cy / H) for frames of frame_width x frame_height pixels.
-
-        When the calibration names its own image size, it is normalised by that size, which is the same
-        as rescaling the intrinsics to the frames' size. A calibrated size with a different aspect ratio
-        than the frames (e.g. a 4:3 calibration used for a 16:9 crop) cannot be rescaled and raises
-        BadInputError naming ``source``.
-        """
-        if self.width is None or self.height is None:
-            return normalized_intrinsics(self.fx, self.fy, self.cx, self.cy, frame_width, frame_height)
-        calibrated_aspect = self.width / self.height
-        frame_aspect = frame_width / frame_height
-        if abs(calibrated_aspect / frame_aspect - 1.0) > 0.01:
-            raise BadInputError(
-                source, f"calibrated for {self.width}x{self.height} images but the frames are "
-                f"{frame_width}x{frame_height}: different aspect ratio (cropped video mode?), so the "
-                "intrinsics cannot be rescaled; calibrate at the frames' resolution")
-        return normalized_intrinsics(self.fx, self.fy, self.cx, self.cy, self.width, self.height)
-
-
-def _parse_scalar(text: str):
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1]
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def _parse_flow_list(text: str, path: str):
-    """'[1, [2, 3]]' -> [1, [2, 3]] (numbers and bare scalars only)."""
-    tokens = re.findall(r"\[|\]|[^,\[\]]+", text)
-    stack: List[list] = [[]]
-    for token in tokens:
-        if token == "[":
-            stack.append([])
-        elif token == "]":
-            if len(stack) < 2:
-                raise BadInputError(path, f"unbalanced ']' in list {text!r}")
-            done = stack.pop()
-            stack[-1].append(done)
-        elif token.strip():
-            stack[-1].append(_parse_scalar(token))
-    if len(stack) != 1 or len(stack[0]) != 1:
-        raise BadInputError(path, f"cannot parse list {text!r}")
-    return stack[0][0]
-
-
-def _parse_simple_yaml(text: str, path: str) -> Dict:
-    """The YAML subset calibration files use: ``key: value`` mappings nested by indentation, scalar
-    values, flow lists ``[a, b, [c]]`` that may span lines, ``#`` comments; ``%YAML`` / ``---`` lines and
-    ``!!tags`` (OpenCV's ``!!opencv-matrix``) are ignored. Block lists (``- item``) are not supported.
-    """
-    lines = []
-    pending = ""
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0].rstrip()
-        if not pending and (not line.strip() or line.lstrip().startswith(("%", "---", "..."))):
-            continue
-        line = re.sub(r"!!\S+", "", line)
-        pending = f"{pending} {line.strip()}" if pending else line
-        if pending.count("[") > pending.count("]"):
-            continue  # a flow list continues on the next line
-        lines.append(pending)
-        pending = ""
-    if pending:
-        raise BadInputError(path, f"unterminated list: {pending.strip()!r}")
-
-    root: Dict = {}
-    stack = [(-1, root)]  # (indent, mapping) of the open mappings
-    for line in lines:
-        indent = len(line) - len(line.lstrip(" "))
-        content = line.strip()
-        if content.startswith("- "):
-            raise BadInputError(path, f"block lists ('- item') are not supported, use [a, b]: {content!r}")
-        key, sep, value = content.partition(":")
-        if not sep:
-            raise BadInputError(path, f"expected 'key: value', got {content!r}")
-        while indent <= stack[-1][0]:
-            stack.pop()
-        mapping = stack[-1][1]
-        key = key.strip().strip("'\"")
-        value = value.strip()
-        if not value:
-            child: Dict = {}
-            mapping[key] = child
-            stack.append((indent, child))
-        elif value.startswith("["):
-            mapping[key] = _parse_flow_list(value, path)
-        else:
-            mapping[key] = _parse_scalar(value)
-    return root
-
-
-def _matrix_from_value(value, path: str, key: str) -> np.ndarray:
-    # OpenCV / ROS store matrices as {rows, cols, data: [...]}; others as nested or flat lists.
-    if isinstance(value, dict):
-        if "data" not in value:
-            raise BadInputError(path, f"key '{key}' has no 'data' entry")
-        value = value["data"]
-    try:
-        matrix = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise BadInputError(path, f"key '{key}' is not a numeric matrix: {value!r}") from None
-    if matrix.size != 9:
-        raise BadInputError(path, f"key '{key}' must be a 3x3 camera matrix, got {matrix.size} values")
-    return matrix.reshape(3, 3)
-
-
-def _number(mapping: Dict, key: str, path: str) -> float:
-    value = mapping[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadInputError(path, f"key '{key}' must be a number, got {value!r}")
-    return float(value)
-
-
-def load_calibration(path: PathLike) -> Calibration:
-    """Reads camera intrinsics from a small JSON or YAML file.
-
-    Accepted keys (at the top level):
-      - ``fx, fy, cx, cy`` (pixels), or a 3x3 camera matrix ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]``
-        under ``camera_matrix``, ``K`` or ``cameraMatrix``, given as a nested list, a flat list of 9
-        numbers, or OpenCV / ROS style ``{rows: 3, cols: 3, data: [9 numbers]}``;
-      - optionally the calibrated image size: ``width`` and ``height`` or ``image_width`` and
-        ``image_height`` (pixels). When it differs from the frames' size the intrinsics are rescaled.
-    JSON is parsed with ``json``; anything else with a YAML subset parser (PyYAML is not a dependency):
-    ``key: value`` nested by indentation, flow lists ``[...]`` (may span lines), comments, and OpenCV's
-    ``%YAML:1.0`` header and ``!!opencv-matrix`` tags, so files written by ``cv2.FileStorage`` (e.g. by
-    OpenCV's chessboard calibration sample) and ROS ``camera_info`` YAML files both load.
-
-    Returns: a :class:`Calibration`. Raises BadInputError naming the file: missing file, unparsable
-    file, missing key (named), non-positive focal length.
-    """
-    path = str(path)
-    if not os.path.isfile(path):
-        raise BadInputError(path, "calibration file not found")
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInputError(path, f"cannot read calibration file: {e}") from None
-    if path.lower().endswith(".json") or text.lstrip().startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise BadInputError(path, f"invalid JSON: {e}") from None
-    else:
-        data = _parse_simple_yaml(text, path)
-    if not isinstance(data, dict):
-        raise BadInputError(path, "expected a mapping of keys (fx, fy, cx, cy or camera_matrix)")
-
-    matrix_key = next((k for k in ("camera_matrix", "K", "cameraMatrix") if k in data), None)
-    if all(k in data for k in ("fx", "fy", "cx", "cy")) or matrix_key is None:
-        for key in ("fx", "fy", "cx", "cy"):
-            if key not in data:
-                raise BadInputError(path, f"missing key '{key}' (give fx, fy, cx, cy in pixels, or a 3x3 "
-                                          "camera_matrix / K)")
-        fx, fy, cx, cy = (_number(data, k, path) for k in ("fx", "fy", "cx", "cy"))
-    else:
-        matrix = _matrix_from_value(data[matrix_key], path, matrix_key)
-        fx, fy, cx, cy = matrix[0, 0], matrix[1, 1], matrix[0, 2], matrix[1, 2]
-
-    width = height = None
-    for width_key, height_key in (("width", "height"), ("image_width", "image_height")):
-        if width_key in data or height_key in data:
-            for key in (width_key, height_key):
-                if key not in data:
-                    other = height_key if key == width_key else width_key
-                    raise BadInputError(path, f"missing key '{key}' ('{other}' is given; give both or "
-                                              "neither)")
-            width, height = int(_number(data, width_key, path)), int(_number(data, height_key, path))
-            if width <= 0 or height <= 0:
-                raise BadInputError(path, f"calibrated image size must be positive, got {width}x{height}")
-            break
-    if not (np.isfinite([fx, fy, cx, cy]).all() and fx > 0 and fy > 0):
-        raise BadInputError(path, f"focal lengths must be positive and finite, got fx={fx}, fy={fy}")
-    return Calibration(float(fx), float(fy), float(cx), float(cy), width, height)
-
-
-def _resolve_intrinsics(fx, fy, cx, cy, calibration) -> Tuple[Calibration, str]:
-    given = {"fx": fx, "fy": fy, "cx": cx, "cy": cy}
-    how_to = ("give the camera intrinsics in pixels of the original frames: fx, fy, cx, cy "
-              "(--fx --fy --cx --cy), or a calibration file (--calibration=calib.yaml or .json with keys "
-              "fx, fy, cx, cy or camera_matrix); get them from an OpenCV chessboard calibration or the "
-              "camera's spec sheet (fx = focal_mm / pixel_pitch_mm). They are not guessed")
-    if calibration is not None:
-        if any(v is not None for v in given.values()):
-            raise ValueError("give either calibration or fx/fy/cx/cy, not both")
-        return load_calibration(calibration), str(calibration)
-    missing = [k for k, v in given.items() if v is None]
-    if len(missing) == 4:
-        raise ValueError(f"no camera intrinsics: {how_to}")
-    if missing:
-        raise ValueError(f"missing intrinsics {', '.join(missing)}: {how_to}")
-    values = [float(v) for v in given.values()]
-    if not (np.isfinite(values).all() and values[0] > 0 and values[1] > 0):
-        raise ValueError(f"fx and fy must be positive and finite pixels, got fx={fx}, fy={fy}")
-    return Calibration(*values), "intrinsics arguments"
+def _require_intrinsics(fx, fy, cx, cy, calibration) -> Tuple[Calibration, str]:
+    """The video's intrinsics and the name errors about them give; SettingError when none are given."""
+    given = calibration_from_arguments(fx, fy, cx, cy, calibration, "calibration")
+    if given is None:
+        raise SettingError(
+            "no camera intrinsics: give the camera intrinsics in pixels of the original frames: fx, fy, "
+            "cx, cy (--fx --fy --cx --cy), or a calibration file (--calibration=calib.yaml or .json with "
+            "keys fx, fy, cx, cy or camera_matrix); get them from an OpenCV chessboard calibration or "
+            "the camera's spec sheet (fx = focal_mm / pixel_pitch_mm). They are not guessed")
+    return given, str(calibration) if calibration else "intrinsics arguments"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -320,73 +106,6 @@ def list_frame_files(folder: PathLike) -> List[pathlib.Path]:
     return sorted(files, key=lambda p: natural_sort_key(p.name))
 
 
-def _jpeg_size(f, path: str) -> Tuple[int, int]:
-    f.seek(2)
-    while True:
-        byte = f.read(1)
-        while byte == b"\xff":  # fill bytes before a marker
-            byte = f.read(1)
-        if not byte:
-            raise BadInputError(path, "truncated JPEG: ends before the frame header")
-        marker = byte[0]
-        if marker == 0xD9 or marker == 0xDA:
-            raise BadInputError(path, "corrupt JPEG: no frame header (SOF) before the image data")
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
-            continue  # markers without a length field
-        length_bytes = f.read(2)
-        if len(length_bytes) < 2:
-            raise BadInputError(path, "truncated JPEG header")
-        length = int.from_bytes(length_bytes, "big")
-        if marker in _JPEG_SOF_MARKERS:
-            header = f.read(5)
-            if len(header) < 5:
-                raise BadInputError(path, "truncated JPEG frame header")
-            height, width = int.from_bytes(header[1:3], "big"), int.from_bytes(header[3:5], "big")
-            return width, height
-        f.seek(length - 2, os.SEEK_CUR)
-        # The next byte must start a marker; anything else means the segment lengths are garbage.
-        if f.read(1) != b"\xff":
-            raise BadInputError(path, "corrupt JPEG header (bad segment length)")
-        f.seek(-1, os.SEEK_CUR)
-
-
-def check_frame_file(path: PathLike) -> Tuple[int, int]:
-    """Cheap structural check of one frame file, without decoding it: returns (width, height) pixels.
-
-    Parses the PNG IHDR / JPEG SOF header for the size and checks the end marker (PNG IEND chunk, JPEG
-    EOI within the last 1 KiB), which catches missing, truncated and non-image files. The format is
-    taken from the file's signature, not its extension. Raises BadInputError naming the file.
-    """
-    path = str(path)
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(32)
-            if head.startswith(_PNG_SIGNATURE):
-                if len(head) < 24 or head[12:16] != b"IHDR":
-                    raise BadInputError(path, "truncated or corrupt PNG: no IHDR header")
-                width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-                f.seek(max(0, size - 64))
-                if b"IEND" not in f.read():
-                    raise BadInputError(path, "truncated PNG: no IEND chunk at the end of the file")
-            elif head.startswith(_JPEG_SOI):
-                width, height = _jpeg_size(f, path)
-                f.seek(max(0, size - 1024))
-                if b"\xff\xd9" not in f.read():
-                    raise BadInputError(path, "truncated JPEG: no end-of-image marker (FFD9) at the end")
-            elif not head:
-                raise BadInputError(path, "empty file")
-            else:
-                raise BadInputError(path, "not a PNG or JPEG file (unknown signature)")
-    except FileNotFoundError:
-        raise BadInputError(path, "frame file not found") from None
-    except OSError as e:
-        raise BadInputError(path, f"cannot read frame file: {e}") from None
-    if width <= 0 or height <= 0:
-        raise BadInputError(path, f"corrupt header: image size {width}x{height}")
-    return width, height
-
-
 def _thumbnail_from_gray(gray: np.ndarray) -> np.ndarray:
     height, width = gray.shape[:2]
     thumb_height = max(1, int(round(THUMBNAIL_WIDTH * height / width)))
@@ -402,10 +121,7 @@ def _thumbnail_from_file(path: str, width: int) -> np.ndarray:
         if width // factor >= THUMBNAIL_WIDTH:
             flag = reduced
             break
-    gray = cv2.imread(path, flag)
-    if gray is None or gray.size == 0:
-        raise BadInputError(path, "corrupt image: it cannot be decoded")
-    return _thumbnail_from_gray(gray)
+    return _thumbnail_from_gray(read_image(path, flag))
 
 
 def motion_score(thumbnail_a: np.ndarray, thumbnail_b: np.ndarray) -> float:
@@ -427,12 +143,17 @@ class ExtractedFrames:
       source_width, source_height: size in pixels of the frames as decoded from the video (before
         ``max_side``): the size the user's pixel intrinsics refer to.
       thumbnails: [N, h, 64] uint8 grayscale thumbnails of the frames, for static-frame filtering.
+      decoded_frames: frames OpenCV decoded (before frame_stride).
+      declared_frames: the frame count the container declares (0: unknown); more than
+        ``decoded_frames`` means a truncated or corrupt video (see :func:`missing_video_frames`).
     """
     folder: pathlib.Path
     frames: Tuple[pathlib.Path, ...]
     source_width: int
     source_height: int
     thumbnails: np.ndarray
+    decoded_frames: int = 0
+    declared_frames: int = 0
 
 
 def default_cache_dir(video_path: PathLike) -> pathlib.Path:
@@ -467,7 +188,8 @@ def _load_cache(cache_dir: pathlib.Path, wanted: Dict) -> Optional[ExtractedFram
     if len(thumbnails) != len(frames):
         return None
     return ExtractedFrames(cache_dir, frames, manifest["source_width"], manifest["source_height"],
-                           thumbnails)
+                           thumbnails, int(manifest.get("decoded_frames", 0)),
+                           int(manifest.get("declared_frames", 0)))
 
 
 def _decode_into(video_path: pathlib.Path, folder: pathlib.Path, frame_stride: int,
@@ -476,6 +198,7 @@ def _decode_into(video_path: pathlib.Path, folder: pathlib.Path, frame_stride: i
     if not capture.isOpened():
         raise BadInputError(video_path, "OpenCV cannot open it as a video (unsupported codec/container or "
                                         "not a video file)")
+    declared = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0)  # container metadata
     names: List[str] = []
     thumbnails: List[np.ndarray] = []
     source_size = None
@@ -508,10 +231,10 @@ def _decode_into(video_path: pathlib.Path, folder: pathlib.Path, frame_stride: i
     if not names:
         raise BadInputError(video_path, "the video has no frames that OpenCV can decode")
     np.save(folder / THUMBNAILS_NAME, np.stack(thumbnails))
-    frame_height, frame_width = cv2.imread(str(folder / names[0]), cv2.IMREAD_GRAYSCALE).shape[:2]
+    frame_height, frame_width = read_image(folder / names[0], cv2.IMREAD_GRAYSCALE).shape[:2]
     return {"frames": names, "frame_count": len(names), "source_width": source_size[0],
             "source_height": source_size[1], "frame_width": frame_width, "frame_height": frame_height,
-            "decoded_frames": index}
+            "decoded_frames": index, "declared_frames": declared}
 
 
 def extract_frames(video_path: PathLike, cache_dir: Optional[PathLike] = None, frame_stride: int = 1,
@@ -581,6 +304,14 @@ def extract_frames(video_path: PathLike, cache_dir: Optional[PathLike] = None, f
     return cached
 
 
+def missing_video_frames(decoded: int, declared: int) -> int:
+    """How many of the ``declared`` frames of a video (its container's count, 0 = unknown) OpenCV did
+    not decode: > 0 means a truncated or corrupt file. A count estimated from the duration may be off
+    by a frame or two, so a shortfall within max(2, 2 %) of the declared count gives 0."""
+    missing = declared - decoded
+    return missing if declared > 0 and missing > max(2, 0.02 * declared) else 0
+
+
 # ----------------------------------------------------------------------------------------------------
 # Records
 
@@ -602,9 +333,11 @@ def _folder_frames(folder: pathlib.Path, frame_stride: int, need_thumbnails: boo
     thumbnails: List[np.ndarray] = []
     frame_size = None
     for path in files:
+        cause = UNREADABLE_FILE
         try:
-            size = check_frame_file(path)
+            size = check_image_file(path)
             if frame_size is not None and size != frame_size:
+                cause = SIZE_MISMATCH
                 raise BadInputError(path, f"frame is {size[0]}x{size[1]} but the first frame is "
                                           f"{frame_size[0]}x{frame_size[1]}")
             if need_thumbnails:
@@ -612,7 +345,7 @@ def _folder_frames(folder: pathlib.Path, frame_stride: int, need_thumbnails: boo
         except BadInputError as e:
             if not skip_bad_frames:
                 raise
-            report.add(f"bad frame {e}")
+            report.add(f"bad frame {e}", cause)
             continue
         frame_size = size
         frames.append(path)
@@ -628,7 +361,7 @@ def _drop_static(frames: Sequence[pathlib.Path], thumbnails: np.ndarray, min_mot
     for path, thumbnail in zip(frames[1:], thumbnails[1:]):
         score = motion_score(last, thumbnail)
         if score < min_motion:
-            report.add(f"static frame {path} (motion {score:.4f} < min_motion {min_motion})")
+            report.add(f"static frame {path} (motion {score:.4f} < min_motion {min_motion})", STATIC_FRAME)
             continue
         kept.append(path)
         last = thumbnail  # compare with the last KEPT frame, so slow motion accumulates until kept
@@ -647,7 +380,7 @@ def video_records(source: PathLike, fx: Optional[float] = None, fy: Optional[flo
       source: a folder of PNG/JPEG frames (natural file-name order) or a video file OpenCV decodes.
       fx, fy, cx, cy: intrinsics in pixels of the ORIGINAL frames (the folder's frames / the video as
         decoded, before max_side). Give all four, or ``calibration`` instead.
-      calibration: a JSON/YAML calibration file, see :func:`load_calibration`.
+      calibration: a JSON/YAML calibration file, see :func:`tripled_tf.data.calibration.load_calibration`.
       frame_stride: use every k-th frame (for high frame-rate video).
       min_motion: drop frames whose thumbnail mean absolute difference (in [0, 1]) to the last kept frame
         is below this; 0 keeps every frame. Dropped frames are counted in the SkipReport.
@@ -655,7 +388,8 @@ def video_records(source: PathLike, fx: Optional[float] = None, fy: Optional[flo
         folder. See :func:`extract_frames`.
       max_side: shrink video frames at extraction so the longer side is at most this many pixels; unused
         for a folder.
-      skip_bad_frames: skip (and count) bad frame files of a folder instead of raising.
+      skip_bad_frames: skip (and count) bad frame files of a folder, or train on the decodable part
+        of a truncated video (counted), instead of raising.
 
     Returns:
       (records, report): one :class:`TripletRecord` (frames t-1, t, t+1 from consecutive remaining
@@ -664,10 +398,10 @@ def video_records(source: PathLike, fx: Optional[float] = None, fy: Optional[flo
 
     Raises:
       ValueError: intrinsics missing / ambiguous, bad arguments.
-      BadInputError: missing source, unopenable / empty video, empty folder, bad frame (unless
-        skip_bad_frames), bad calibration file, fewer than 3 frames left.
+      BadInputError: missing source, unopenable / empty video, empty folder, bad frame or truncated
+        video (unless skip_bad_frames), bad calibration file, fewer than 3 frames left.
     """
-    calibration_values, intrinsics_source = _resolve_intrinsics(fx, fy, cx, cy, calibration)
+    calibration_values, intrinsics_source = _require_intrinsics(fx, fy, cx, cy, calibration)
     frame_stride = _positive_int(frame_stride, "frame_stride")
     min_motion = float(min_motion)
     if not np.isfinite(min_motion) or min_motion < 0:
@@ -681,6 +415,13 @@ def video_records(source: PathLike, fx: Optional[float] = None, fy: Optional[flo
         if source_path.suffix.lower() in IMAGE_EXTENSIONS:
             raise BadInputError(source_path, "is a single image: pass the folder that holds the frames")
         extracted = extract_frames(source_path, cache_dir, frame_stride, max_side)
+        if missing_video_frames(extracted.decoded_frames, extracted.declared_frames):
+            problem = (f"decoded {extracted.decoded_frames} of the {extracted.declared_frames} frames the "
+                       f"video declares: the file is truncated or corrupt")
+            if not skip_bad_frames:
+                raise BadInputError(source_path, problem + " (--skip_bad_frames trains on the decoded "
+                                                           "frames)")
+            report.add(f"{source_path}: {problem}", TRUNCATED_VIDEO)
         frames, thumbnails = list(extracted.frames), extracted.thumbnails
         width, height = extracted.source_width, extracted.source_height
     else:

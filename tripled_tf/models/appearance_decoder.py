@@ -1,4 +1,4 @@
-"""TripleDNet's appearance (pretext) decoder with distillation skips (METHOD.md 2.4, TD ``ColorDecoder``).
+"""TripleDNet's appearance (pretext) decoder with distillation skips (docs/method.md 2.4, TD ``ColorDecoder``).
 
 It reconstructs the input image from the appearance half of the deepest encoder level. The depth
 decoder's disparities are added to every channel of the matching stage (the "distillation skip

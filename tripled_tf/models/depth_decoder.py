@@ -1,4 +1,4 @@
-"""FeatDepth's RefineNet-lite depth decoder (METHOD.md 2.3): 4 sigmoid disparities, finest at H/2.
+"""FeatDepth's RefineNet-lite depth decoder (docs/method.md 2.3): 4 sigmoid disparities, finest at H/2.
 
 Per stage, from the deepest (H/32) to the finest:
   y = Conv1x1(skip)                        (no bias; 512 ch for the deepest stage, else 256)
@@ -72,7 +72,7 @@ def _check_same_size(skip: tf.Tensor, upsampled: tf.Tensor, level: int) -> None:
 
 @keras.saving.register_keras_serializable(package="tripled_tf")
 class DepthDecoder(keras.Model):
-    """FeatDepth RefineNet-lite depth decoder (METHOD.md 2.3).
+    """FeatDepth RefineNet-lite depth decoder (docs/method.md 2.3).
 
     ``call(features, training=None)``:
       features: list of the 5 encoder levels ``[level1, .., level5]`` (level k: ``[B, H/2^k, W/2^k,

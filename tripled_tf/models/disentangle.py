@@ -1,4 +1,4 @@
-"""Splitting the shared encoder's features into a geometry part and an appearance part (METHOD.md 2.2).
+"""Splitting the shared encoder's features into a geometry part and an appearance part (docs/method.md 2.2).
 
 TripleDNet's disentanglement: on each flagged level the depth decoder gets one part of the channels and
 the appearance decoder the other. The main model flags only level 5 (ResNet-50 layer4, 2048 channels)
@@ -106,7 +106,7 @@ class FeatureAttention(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="tripled_tf")
 class FeatureSplit(keras.layers.Layer):
-    """Splits the 5 encoder levels into depth features and appearance features (METHOD.md 2.2).
+    """Splits the 5 encoder levels into depth features and appearance features (docs/method.md 2.2).
 
     ``call(features, training=None)``:
       features: list of 5 levels ``[B, H/2^k, W/2^k, C_k]``, k = 1..5 (flagged levels need even C_k).

@@ -1,4 +1,4 @@
-"""FeatDepth's feature extractor and its reconstruction decoder (METHOD.md 2.6).
+"""FeatDepth's feature extractor and its reconstruction decoder (docs/method.md 2.6).
 
 The extractor is a ResNet (50 in the main model) that sees the raw, un-normalised frame in [0, 1]; its
 level-1 features drive the feature-metric loss. Its decoder reconstructs the image from level 5 alone

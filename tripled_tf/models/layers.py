@@ -121,7 +121,7 @@ _REFLECT_BY_CONCATENATION = False
 def reflect_padding_by_concatenation():
     """While active, reflection padding is traced as slices + concatenations instead of MirrorPad.
 
-    The two are equal (tests/test_models.py), but TFLite's MIRROR_PAD is a slow reference kernel
+    The two are equal (tests/test_layers.py), but TFLite's MIRROR_PAD is a slow reference kernel
     that XNNPACK does not take, so every reflection pad splits the CPU graph and costs 12 ms on a
     48x160x256 tensor, against 0.7 ms for STRIDED_SLICE + CONCATENATION (both also GPU-delegate
     ops). Training keeps MirrorPad, whose gradient is cheaper in TensorFlow. Used by the exporter
@@ -219,16 +219,43 @@ class ConvBlock(keras.layers.Layer):
         return config
 
 
+_UPSAMPLE_BY_DEPTH_TO_SPACE = False
+
+
+@contextlib.contextmanager
+def upsampling_by_depth_to_space():
+    """While active, nearest x2 upsampling is traced as four channel copies + DEPTH_TO_SPACE.
+
+    ``depth_to_space(concat([x, x, x, x], channels), 2)[b, 2i + a, 2j + c, k]`` is channel
+    ``(2a + c) C + k`` of the copies at (i, j), i.e. ``x[b, i, j, k]``: the nearest x2 upsampling,
+    bit for bit (tests/test_layers.py). TFLite's RESIZE_NEAREST_NEIGHBOR is not an XNNPACK operator
+    for int8, so each of the decoder's four upsamplings splits the CPU graph into another XNNPACK
+    partition with a reference kernel in between; CONCATENATION and DEPTH_TO_SPACE are XNNPACK
+    operators (float and int8) and GPU-backend operators, all 4-D (Keras' UpSampling2D lowers to 5-D
+    RESHAPE / TILE, which the GPU backend refuses). Training keeps ``tf.image.resize``, whose gradient
+    is cheaper. Used by the exporter around the tracing of its signatures (tripled_tf/serving.py).
+    """
+    global _UPSAMPLE_BY_DEPTH_TO_SPACE
+    previous, _UPSAMPLE_BY_DEPTH_TO_SPACE = _UPSAMPLE_BY_DEPTH_TO_SPACE, True
+    try:
+        yield
+    finally:
+        _UPSAMPLE_BY_DEPTH_TO_SPACE = previous
+
+
 def upsample_nearest_2x(x) -> tf.Tensor:
     """Nearest-neighbour x2 upsampling: ``out[b, 2i + a, 2j + c] = x[b, i, j]`` for a, c in {0, 1}.
 
     ``x``: ``[B, H, W, C]`` (H, W may be dynamic) -> ``[B, 2H, 2W, C]``. Uses ``tf.image.resize``
     (nearest) on the dynamic shape, which lowers to one TFLite RESIZE_NEAREST_NEIGHBOR, whereas
-    ``keras.layers.UpSampling2D`` lowers to 5-D RESHAPE/TILE that GPU delegates reject.
+    ``keras.layers.UpSampling2D`` lowers to 5-D RESHAPE/TILE that GPU delegates reject; inside
+    :func:`upsampling_by_depth_to_space` (export), CONCATENATION + DEPTH_TO_SPACE instead.
     """
     x = tf.convert_to_tensor(x)
     if x.shape.rank is not None and x.shape.rank != 4:
         raise ValueError(f"upsample_nearest_2x: expected [B, H, W, C], got shape {list(x.shape)}")
+    if _UPSAMPLE_BY_DEPTH_TO_SPACE:
+        return tf.nn.depth_to_space(tf.concat([x, x, x, x], axis=-1), 2)
     size = tf.shape(x)[1:3] * 2
     y = tf.image.resize(x, size, method="nearest")
     # The resize to a dynamic size forgets the static H, W; restore what is known.

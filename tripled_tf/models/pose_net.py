@@ -1,4 +1,4 @@
-"""Pose network (METHOD.md 2.5): ResNet encoder on a frame pair + Monodepth2/FeatDepth pose decoder.
+"""Pose network (docs/method.md 2.5): ResNet encoder on a frame pair + Monodepth2/FeatDepth pose decoder.
 
 Both frames are resized (bilinear, half-pixel centres, no antialiasing) to a fixed size, 192x640 in the
 reference regardless of the training resolution, concatenated on channels in temporal order, normalised

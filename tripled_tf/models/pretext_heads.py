@@ -1,4 +1,4 @@
-"""Pretext heads on the predicted disparity: "distillation via back-propagation" (METHOD.md 2.7).
+"""Pretext heads on the predicted disparity: "distillation via back-propagation" (docs/method.md 2.7).
 
 A tiny conv head P reads the full-resolution disparity sigma_0 (not detached) and predicts image
 appearance: D2G predicts gray (L / 100), DG2C predicts the Lab chroma ab_n from disparity + L_n, D2C
@@ -122,7 +122,7 @@ def pretext_head_spec(task: str, use_normals: bool = False) -> Tuple[int, int, b
 def pretext_inputs(task: str, disparity_full, lab_norm=None, mask=None,
                    use_normals: bool = False, min_depth: float = 0.1,
                    max_depth: float = 100.0) -> tf.Tensor:
-    """Builds the pretext head input for ``task`` (METHOD.md 2.7).
+    """Builds the pretext head input for ``task`` (docs/method.md 2.7).
 
     Channel layout:
       d2g: [sigma] (use_normals: [n_x, n_y]);

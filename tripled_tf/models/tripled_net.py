@@ -1,4 +1,4 @@
-"""TripleDNet: the disentangled, distilled depth network and its combined loss (METHOD.md §1, §2, §3).
+"""TripleDNet: the disentangled, distilled depth network and its combined loss (docs/method.md §1, §2, §3).
 
 ``TripleDNet`` extends the baseline :class:`MonoDepthModel` with
   * a channel split of the shared depth encoder's features (:class:`FeatureSplit`): the depth decoder
@@ -26,8 +26,9 @@ import tensorflow as tf
 
 from tripled_tf import checks, color, geometry, losses
 from tripled_tf.models.appearance_decoder import AppearanceDecoder
-from tripled_tf.models.depth_model import (SOURCE_KEYS, DepthModelConfig, MonoDepthModel,
-                                           _batch_tensor)
+from tripled_tf.options import option
+from tripled_tf.models.depth_model import SOURCE_KEYS, DepthModelConfig, MonoDepthModel, _batch_tensor
+from tripled_tf.models.model_config import RESNET_DEPTHS
 from tripled_tf.models.disentangle import (ATTENTIONS, COLOR_SPLITS, DEPTH_SPLITS,
                                            MAIN_DISENTANGLE_LEVELS, FeatureSplit)
 from tripled_tf.models.extractor import ExtractorDecoder, FeatureExtractor
@@ -46,7 +47,7 @@ def _bools(values, count: int, name: str) -> Tuple[bool, ...]:
 
 @dataclasses.dataclass
 class TripleDConfig(DepthModelConfig):
-    """Switches and loss weights of TripleDNet (defaults: the main model, METHOD.md §1.1, §1.2, §3.8).
+    """Switches and loss weights of TripleDNet (defaults: the main model, docs/method.md §1.1, §1.2, §3.8).
 
     Architecture: depth_layers (ResNet depth), disentangle_levels (5 flags, levels 1..5),
     depth_split ("first_half" | "conv1x1"), color_split ("second_half" | "conv1x1"), attention
@@ -59,27 +60,39 @@ class TripleDConfig(DepthModelConfig):
     cvt_weight (regulariser first / second order), reconstruct_weight (extractor reconstruction),
     head_weight (pretext head); smoothness_weight is inherited.
     """
-    depth_layers: int = 50
-    disentangle_levels: Tuple[bool, ...] = MAIN_DISENTANGLE_LEVELS
-    depth_split: str = "first_half"
-    color_split: str = "second_half"
-    attention: str = "none"
-    use_appearance: bool = True
-    skip_multiplier: float = 1.0
-    color_encoder_skips: Tuple[bool, ...] = (False, False, False, False)
-    use_extractor: bool = True
-    extractor_layers: int = 50
-    extractor_input_masked: bool = False
-    pretext_task: str = "none"
-    head_mask: bool = False
-    head_use_normals: bool = False
-    use_lab_gray: bool = True
-    auto_res_weight: float = 5e-3
-    perception_weight: float = 1e-3
-    dis_weight: float = 1e-3
-    cvt_weight: float = 1e-3
-    reconstruct_weight: float = 1.0
-    head_weight: float = 5e-3
+    depth_layers: int = option(50, "ResNet depth encoder depth.", choices=RESNET_DEPTHS)
+    disentangle_levels: Tuple[bool, ...] = option(MAIN_DISENTANGLE_LEVELS, "Encoder levels 1..5 whose "
+                                                  "channels are split into geometry / appearance "
+                                                  "(1 = split).")
+    depth_split: str = option("first_half", "Geometry part of a split level.", choices=DEPTH_SPLITS)
+    color_split: str = option("second_half", "Appearance part.", choices=COLOR_SPLITS)
+    attention: str = option("none", "Attention before the split.", choices=ATTENTIONS)
+    use_appearance: bool = option(True, "Appearance decoder with distillation skips (L_pr).")
+    skip_multiplier: float = option(1.0, "Factor on the disparities added into the appearance "
+                                    "decoder.")
+    color_encoder_skips: Tuple[bool, ...] = option((False, False, False, False), "Encoder skips into "
+                                                   "the appearance decoder.")
+    use_extractor: bool = option(True, "Feature extractor: feature-metric loss, regulariser, masked "
+                                 "reconstruction.")
+    extractor_layers: int = option(50, "Feature-extractor ResNet depth.", choices=RESNET_DEPTHS)
+    extractor_input_masked: bool = option(False, "The extractor sees the erased image I·m.")
+    pretext_task: str = option("none", "Pretext head on σ_0: disparity -> gray, disparity + gray -> "
+                               "colour, disparity -> colour.", choices=PRETEXT_TASK_CHOICES)
+    head_mask: bool = option(False, "Masked head variants (MD2C, MDG2C): erased input, loss on holes.")
+    head_use_normals: bool = option(False, "Surface normals as extra head input.")
+    use_lab_gray: bool = option(True, "D2G target: Lab lightness (else BT.601 luma).")
+    auto_res_weight: float = option(5e-3, "Weight of the appearance reconstruction L_pr.")
+    perception_weight: float = option(1e-3, "Weight of the feature-metric loss L_fm.")
+    dis_weight: float = option(1e-3, "Feature regulariser, first-order (discriminative) weight.")
+    cvt_weight: float = option(1e-3, "Feature regulariser, second-order (convergent) weight.")
+    reconstruct_weight: float = option(1.0, "Weight of the extractor's masked reconstruction.")
+    head_weight: float = option(5e-3, "Weight of the pretext head loss.")
+
+    @property
+    def needs_erase_mask(self) -> bool:
+        """Whether training batches must carry "erase_mask": the extractor's inpainting or a masked
+        pretext head uses it."""
+        return self.use_extractor or (self.pretext_task != "none" and self.head_mask)
 
     def __post_init__(self):
         super().__post_init__()
@@ -103,7 +116,7 @@ class TripleDConfig(DepthModelConfig):
 
 
 class TripleDNet(MonoDepthModel):
-    """Disentangled + distilled depth network trained with the combined loss of METHOD.md §3.8.
+    """Disentangled + distilled depth network trained with the combined loss of docs/method.md §3.8.
 
     ``call(images)``: images [B, H, W, 3] in [0, 1] (H, W multiples of 32) -> disparities
     [σ_0 (H/2), σ_1 (H/4), σ_2 (H/8), σ_3 (H/16)], each [B, h, w, 1] sigmoid, through encoder ->
@@ -172,7 +185,7 @@ class TripleDNet(MonoDepthModel):
         return mask[..., :1]
 
     def compute_losses(self, batch: dict, training=None) -> Dict[str, tf.Tensor]:
-        """All loss terms for one batch (METHOD.md §3.8); ``"loss"`` is their weighted total.
+        """All loss terms for one batch (docs/method.md §3.8); ``"loss"`` is their weighted total.
 
         Returns a dict of scalars (each already averaged as §3 says, unweighted unless noted):
           photometric = Σ_s L_ph,s / 4; smoothness = Σ_s S_s / 2^s / 4 (× smoothness_weight);
@@ -184,7 +197,7 @@ class TripleDNet(MonoDepthModel):
         cfg = self.config
         target = checks.as_images(_batch_tensor(batch, "target"), "target", channels=3)
         mask = None
-        if cfg.use_extractor or (cfg.pretext_task != "none" and cfg.head_mask):
+        if cfg.needs_erase_mask:
             mask = self._erase_mask(batch, target)
 
         _, appearance_features, disparities = self._forward(batch.get("target_aug", target),

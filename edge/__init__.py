@@ -1,1 +1,0 @@
-"""Edge deployment (TFLite conversion, runtime without TensorFlow). Must import without TensorFlow."""

@@ -1,0 +1,283 @@
+"""Writes the reference-equivalence fixtures with PyTorch and the references' own code (run by hand).
+
+Not part of the package or the tests: it needs PyTorch and a checkout of the reference repositories,
+and is run once, in a separate environment, e.g.
+
+    python -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch numpy torchvision
+    /tmp/torchenv/bin/python tools/make_reference_fixtures.py --monodepth2=/tmp/monodepth2 \\
+        --featdepth=/tmp/FeatDepth --output=tests/fixtures
+
+For each reference model it builds the reference network from the reference code at a tiny input
+size, fills it with the seeded weights of tools/reference_weights.py (random BatchNorm statistics; the
+disparity heads scaled so that their sigmoid outputs spread over (0, 1)), runs it in eval mode in
+float32 on a seeded input, and stores under <output>/<name>/:
+  layout.json  the state-dict layout of every .pth file (keys, shapes, dtypes), the seed, the per-key
+               scales and the size: enough for the tests to rebuild the weights with numpy;
+  input.npy    [1, H, W, 3] float32 image in [0, 1] (NHWC); pose_input.npy [2, H, W, 3] (frames t, t+1);
+  disp_<s>.npy [1, H/2^s, W/2^s, 1] the reference's sigmoid disparities; depth.npy [H, W] the
+               reference's depth (its disp_to_depth(disp_0, 0.1, 100));
+  axisangle.npy, translation.npy [1, 3] the reference pose of (t, t+1) (first prediction).
+FeatDepth (sconlyshootery/FeatDepth, mono/model/mono_fm) is one mmcv checkpoint: layout.json then
+describes "featdepth.pth" with the mono_fm attribute prefixes (DepthEncoder., DepthDecoder.,
+PoseEncoder., PoseDecoder., extractor.); its depth.npy is its evaluation's: disp_to_depth of disp_0
+(at H/2) resized bilinearly to H x W, inverted. Its pose net sees the frames resized to 192x640.
+It also writes <output>/torch_format/{zip,legacy}.pth: a small checkpoint saved by torch.save in both
+serialisations, for the reader's tests.
+
+torchvision is used for its ResNet code only; its package __init__ (compiled ops, PIL) is bypassed
+because the models module is all the references need.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib.util
+import json
+import os
+import sys
+import types
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reference_weights import seeded_state  # noqa: E402  (numpy only; shared with the tests)
+
+SEED = 19
+HEIGHT, WIDTH = 64, 96
+DISP_LOGIT_STD = 1.5  # spread of the disparity heads' logits: sigmoid outputs over most of (0, 1)
+
+
+def import_torchvision_models():
+    """torchvision.models.resnet without torchvision's package __init__ (see module docstring); the
+    resnet constructors accept Monodepth2's positional ``pretrained`` argument (False only)."""
+    root = os.path.dirname(importlib.util.find_spec("torchvision").origin)
+    for name, sub in (("torchvision", ""), ("torchvision.models", "models"),
+                      ("torchvision.transforms", "transforms")):
+        module = types.ModuleType(name)
+        module.__path__ = [os.path.join(root, sub) if sub else root]
+        sys.modules[name] = module
+    presets = types.ModuleType("torchvision.transforms._presets")
+    presets.ImageClassification = object
+    sys.modules["torchvision.transforms._presets"] = presets
+    utils = types.ModuleType("torchvision.utils")
+    utils._log_api_usage_once = lambda *args, **kwargs: None
+    sys.modules["torchvision.utils"] = utils
+    import torchvision.models.resnet as resnet
+
+    models = sys.modules["torchvision.models"]
+    models.resnet = resnet
+    models.ResNet = resnet.ResNet
+    for depth in (18, 34, 50, 101, 152):
+        def make(pretrained=False, _build=getattr(resnet, f"resnet{depth}")):
+            assert not pretrained, "the fixtures use seeded weights, not downloads"
+            return _build(weights=None)
+        setattr(models, f"resnet{depth}", make)
+    sys.modules["torchvision"].models = models
+
+
+def layout_of(module):
+    return [(k, list(v.shape), str(v.dtype).replace("torch.", ""))
+            for k, v in module.state_dict().items()]
+
+
+def load_seeded(torch, module, seed, scales):
+    state = seeded_state(seed, layout_of(module), scales)
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+
+
+def nhwc(tensor):
+    return tensor.detach().permute(0, 2, 3, 1).contiguous().numpy().astype(np.float32)
+
+
+def monodepth2_fixture(torch, repo, output, name, depth_layers, with_pose):
+    sys.path.insert(0, repo)
+    import networks  # monodepth2's
+    from layers import disp_to_depth
+
+    torch.manual_seed(0)
+    encoder = networks.ResnetEncoder(depth_layers, False)
+    decoder = networks.DepthDecoder(encoder.num_ch_enc, scales=range(4))
+    parts = {"encoder.pth": encoder, "depth.pth": decoder}
+    if with_pose:
+        pose_encoder = networks.ResnetEncoder(18, False, num_input_images=2)
+        # Monodepth2's trainer: one input feature, two frames predicted (12 outputs), first used.
+        pose_decoder = networks.PoseDecoder(pose_encoder.num_ch_enc, num_input_features=1,
+                                            num_frames_to_predict_for=2)
+        parts.update({"pose_encoder.pth": pose_encoder, "pose.pth": pose_decoder})
+    seed = SEED + depth_layers
+    rng = np.random.default_rng(seed)
+    image = rng.uniform(0.0, 1.0, (1, HEIGHT, WIDTH, 3)).astype(np.float32)
+    frames = rng.uniform(0.0, 1.0, (2, HEIGHT, WIDTH, 3)).astype(np.float32)
+    to_torch = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
+
+    # Heads scaled so that their logits have DISP_LOGIT_STD: measured with unit scale first.
+    scales = {}
+    for module in parts.values():
+        load_seeded(torch, module, seed, scales)
+        module.eval()
+    logits = []
+    hooks = [decoder.convs[("dispconv", s)].register_forward_hook(
+        lambda m, i, o: logits.append(o.detach().numpy())) for s in range(4)]
+    with torch.no_grad():
+        decoder(encoder(to_torch(image)))
+    for hook in hooks:
+        hook.remove()
+    for s, value in zip(range(4), logits):
+        factor = float(DISP_LOGIT_STD / max(value.std(), 1e-6))
+        n = list(decoder.convs.keys()).index(("dispconv", s))
+        scales[f"decoder.{n}.conv.weight"] = factor
+        scales[f"decoder.{n}.conv.bias"] = factor
+    load_seeded(torch, decoder, seed, scales)
+
+    folder = os.path.join(output, name)
+    os.makedirs(folder, exist_ok=True)
+    with torch.no_grad():
+        outputs = decoder(encoder(to_torch(image)))
+        disps = [outputs[("disp", s)] for s in range(4)]
+        _, depth = disp_to_depth(disps[0], 0.1, 100.0)
+        for s, disp in enumerate(disps):
+            np.save(os.path.join(folder, f"disp_{s}.npy"), nhwc(disp))
+            print(f"{name} disp_{s}: {tuple(disp.shape)} min {disp.min():.4f} max {disp.max():.4f}")
+        np.save(os.path.join(folder, "depth.npy"), depth[0, 0].numpy().astype(np.float32))
+        if with_pose:
+            pair = torch.cat([to_torch(frames[:1]), to_torch(frames[1:])], 1)
+            axisangle, translation = pose_decoder([pose_encoder(pair)])
+            np.save(os.path.join(folder, "axisangle.npy"), axisangle[:, 0, 0].numpy())
+            np.save(os.path.join(folder, "translation.npy"), translation[:, 0, 0].numpy())
+            np.save(os.path.join(folder, "pose_input.npy"), frames)
+            print(f"{name} pose: {axisangle[:, 0, 0].numpy()} {translation[:, 0, 0].numpy()}")
+    np.save(os.path.join(folder, "input.npy"), image)
+    layout = {"reference": "nianticlabs/monodepth2", "seed": seed, "height": HEIGHT,
+              "width": WIDTH, "use_stereo": False, "depth_layers": depth_layers,
+              "scales": scales, "files": {f: layout_of(m) for f, m in parts.items()}}
+    with open(os.path.join(folder, "layout.json"), "w") as f:
+        json.dump(layout, f, indent=1)
+    sys.path.remove(repo)
+
+
+def import_featdepth(repo):
+    """FeatDepth's mono_fm / mono_autoencoder modules without their package __init__ (which imports
+    the training registry and mmcv)."""
+    for name in ("mono", "mono.model", "mono.model.mono_fm", "mono.model.mono_autoencoder"):
+        module = types.ModuleType(name)
+        module.__path__ = [os.path.join(repo, *name.split("."))]
+        sys.modules[name] = module
+    from mono.model.mono_fm import depth_decoder, depth_encoder, pose_decoder, pose_encoder
+    from mono.model.mono_autoencoder import encoder
+    return depth_encoder, depth_decoder, pose_encoder, pose_decoder, encoder
+
+
+def featdepth_fixture(torch, repo, output, name, depth_layers):
+    import torch.nn.functional as F
+
+    depth_encoder, depth_decoder, pose_encoder, pose_decoder, autoencoder = import_featdepth(repo)
+    torch.manual_seed(0)
+    # mono_fm's attributes, in its order; the extractor is the frozen feature-metric encoder.
+    parts = collections.OrderedDict()
+    parts["DepthEncoder"] = depth_encoder.DepthEncoder(depth_layers)
+    parts["DepthDecoder"] = depth_decoder.DepthDecoder(parts["DepthEncoder"].num_ch_enc)
+    parts["PoseEncoder"] = pose_encoder.PoseEncoder(18)
+    parts["PoseDecoder"] = pose_decoder.PoseDecoder(parts["PoseEncoder"].num_ch_enc)
+    parts["extractor"] = autoencoder.Encoder(depth_layers)
+    seed = SEED + 1000 + depth_layers
+    rng = np.random.default_rng(seed)
+    image = rng.uniform(0.0, 1.0, (1, HEIGHT, WIDTH, 3)).astype(np.float32)
+    frames = rng.uniform(0.0, 1.0, (2, HEIGHT, WIDTH, 3)).astype(np.float32)
+    to_torch = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
+
+    def layout():
+        return [(f"{prefix}.{k}", s, d) for prefix, module in parts.items()
+                for k, s, d in layout_of(module)]
+
+    def load(scales, offsets):
+        state = seeded_state(seed, layout(), scales, offsets)
+        for prefix, module in parts.items():
+            module.load_state_dict({k[len(prefix) + 1:]: torch.from_numpy(v)
+                                    for k, v in state.items() if k.startswith(prefix + ".")})
+            module.eval()
+
+    encoder, decoder = parts["DepthEncoder"], parts["DepthDecoder"]
+    # Each stage's head sees the previous stage's disparity: calibrated one stage at a time, deepest
+    # first, each with the scales of the deeper ones in place.
+    # The heads' inputs are large and mostly positive (chained residual pooling sums five terms), so
+    # the logits are also centred: the bias gets an offset.
+    scales, offsets = {}, {}
+    for stage in (4, 3, 2, 1):
+        load(scales, offsets)
+        logits = []
+        hook = getattr(decoder, f"disp{stage}")[0].register_forward_hook(
+            lambda m, i, o: logits.append(o.detach().numpy()))
+        with torch.no_grad():
+            decoder(encoder(to_torch(image)))
+        hook.remove()
+        factor = float(DISP_LOGIT_STD / max(logits[0].std(), 1e-6))
+        scales[f"DepthDecoder.disp{stage}.0.conv.weight"] = factor
+        scales[f"DepthDecoder.disp{stage}.0.conv.bias"] = factor
+        offsets[f"DepthDecoder.disp{stage}.0.conv.bias"] = -factor * float(logits[0].mean())
+    load(scales, offsets)
+
+    folder = os.path.join(output, name)
+    os.makedirs(folder, exist_ok=True)
+    with torch.no_grad():
+        outputs = decoder(encoder(to_torch(image)))
+        disps = [outputs[("disp", 0, s)] for s in range(4)]
+        for s, disp in enumerate(disps):
+            np.save(os.path.join(folder, f"disp_{s}.npy"), nhwc(disp))
+            print(f"{name} disp_{s}: {tuple(disp.shape)} min {disp.min():.4f} max {disp.max():.4f}")
+        # FeatDepth's evaluation: disp_to_depth(disp, 0.1, 100), resized (bilinear) to the target
+        # size, inverted.
+        scaled = 1 / 100.0 + (1 / 0.1 - 1 / 100.0) * disps[0]
+        scaled = F.interpolate(scaled, size=(HEIGHT, WIDTH), mode="bilinear", align_corners=False)
+        np.save(os.path.join(folder, "depth.npy"), (1.0 / scaled)[0, 0].numpy().astype(np.float32))
+        # mono_fm.predict_poses: frames resized to 192x640, (t, t+1) concatenated.
+        pair = [F.interpolate(to_torch(frames[i:i + 1]), [192, 640], mode="bilinear",
+                              align_corners=False) for i in range(2)]
+        axisangle, translation = parts["PoseDecoder"](parts["PoseEncoder"](torch.cat(pair, 1)))
+        np.save(os.path.join(folder, "axisangle.npy"), axisangle[:, 0, 0].numpy())
+        np.save(os.path.join(folder, "translation.npy"), translation[:, 0, 0].numpy())
+        print(f"{name} pose: {axisangle[:, 0, 0].numpy()} {translation[:, 0, 0].numpy()}")
+    np.save(os.path.join(folder, "pose_input.npy"), frames)
+    np.save(os.path.join(folder, "input.npy"), image)
+    record = {"reference": "sconlyshootery/FeatDepth mono_fm", "seed": seed, "height": HEIGHT,
+              "width": WIDTH, "depth_layers": depth_layers, "scales": scales, "offsets": offsets,
+              "files": {"featdepth.pth": layout()}}
+    with open(os.path.join(folder, "layout.json"), "w") as f:
+        json.dump(record, f, indent=1)
+
+
+def torch_format_fixture(torch, output):
+    """A small checkpoint in both serialisations; the test knows every value from first principles:
+    base = arange(12).reshape(3, 4) and its transpose (a strided view of the same storage), halves,
+    bfloat16, an int64 counter, a Parameter, nested containers and plain values."""
+    folder = os.path.join(output, "torch_format")
+    os.makedirs(folder, exist_ok=True)
+    base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    obj = {"state_dict": collections.OrderedDict(
+        [("base", base), ("transposed", base.t()), ("row", base[1]),
+         ("half", torch.tensor([0.5, -2.0], dtype=torch.float16)),
+         ("bf16", torch.tensor([1.5, -3.0], dtype=torch.bfloat16)),
+         ("counter", torch.tensor(7, dtype=torch.int64)),
+         ("param", torch.nn.Parameter(torch.ones(2, 2)))]),
+        "meta": {"epoch": 3, "names": ["a", "b"], "size": (64, 96)}, "height": 64}
+    torch.save(obj, os.path.join(folder, "zip.pth"))
+    torch.save(obj, os.path.join(folder, "legacy.pth"), _use_new_zipfile_serialization=False)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--monodepth2", required=True, help="checkout of nianticlabs/monodepth2")
+    parser.add_argument("--featdepth", required=True, help="checkout of sconlyshootery/FeatDepth")
+    parser.add_argument("--output", default="tests/fixtures")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    import_torchvision_models()
+    torch_format_fixture(torch, args.output)
+    monodepth2_fixture(torch, args.monodepth2, args.output, "monodepth2_r18", 18, with_pose=True)
+    monodepth2_fixture(torch, args.monodepth2, args.output, "monodepth2_r50", 50, with_pose=False)
+    featdepth_fixture(torch, args.featdepth, args.output, "featdepth_r18", 18)
+
+
+if __name__ == "__main__":
+    main()
