@@ -1,8 +1,8 @@
-"""Every flagfile in configs/ is well formed and trains: two tiny in-process steps per config.
+"""Every flagfile in configs/ is well formed and trains: one tiny in-process step per config.
 
 The configs are globbed, so a new configs/*.cfg is covered without editing this file. Each one is
 parsed by absl exactly as ``python -m tripled_tf.train --flagfile=...`` would parse it, with overrides
-that shrink the run (synthetic data, 64x192, batch 1, 2 steps, random init, eager), and the trainer's
+that shrink the run (synthetic data, 64x192, batch 1, 1 step, random init, eager), and the trainer's
 library entry point is called in this process: a subprocess per config would cost ~10 s of start-up.
 """
 import json
@@ -21,7 +21,7 @@ CONFIG_NAMES = sorted(p.name for p in CONFIG_DIR.glob("*.cfg"))
 # Configs that reproduce no paper row and say so differently in their first line.
 NOT_PAPER_ROWS = {}
 MODEL_CLASSES = {"tripled": "TripleDNet", "baseline": "MonoDepthModel"}
-OVERRIDES = ["--dataset=synthetic", "--height=64", "--width=192", "--batch_size=1", "--num_steps=2",
+OVERRIDES = ["--dataset=synthetic", "--height=64", "--width=192", "--batch_size=1", "--num_steps=1",
              "--encoder_weights=none", "--pose_encoder_weights=none", "--extractor_weights=none",
              "--num_train_samples=2", "--num_val_samples=1",
              "--num_preview=1", "--verbose=0", "--run_eagerly", "--image_summary_every=0",
@@ -75,7 +75,7 @@ def _cfg_value(values: dict, name: str):
 
 
 def _distinct_runs():
-    """The configs whose two-step runs differ: configs that differ only in what OVERRIDES replace
+    """The configs whose one-step runs differ: configs that differ only in what OVERRIDES replace
     (the encoders' init, the run folder; e.g. the init ablation rows) train identically here, so the
     first of each such group stands for the others (each is still parsed by the test above)."""
     replaced = {option[2:].partition("=")[0] for option in OVERRIDES} | {"log_dir"}
@@ -128,7 +128,7 @@ def test_init_ablation_configs_differ_from_the_main_one_only_in_the_init():
 
 
 @pytest.mark.parametrize("name", _distinct_runs())
-def test_config_trains_two_steps(name, repo_root, tmp_path, restore_flags, monkeypatch):
+def test_config_trains_one_step(name, repo_root, tmp_path, restore_flags, monkeypatch):
     path = repo_root / "configs" / name
     monkeypatch.chdir(repo_root)  # variants include their main config by a repository-relative path
     run_dir = tmp_path / "run"
@@ -141,7 +141,7 @@ def test_config_trains_two_steps(name, repo_root, tmp_path, restore_flags, monke
 
     values = _cfg_values(path)
     model_name = _cfg_value(values, "model")
-    assert result["steps"] == 2
+    assert result["steps"] == 1
     assert result["model"] == MODEL_CLASSES[model_name]
     assert result["final_losses"], result
     bad = {k: v for k, v in result["final_losses"].items() if not math.isfinite(v)}

@@ -84,13 +84,15 @@ def exports(tmp_path_factory, untrained_run):
 
 # The device side runs in its own process, as on a device: LiteRT's GPU stack crashes a process that
 # has TensorFlow loaded (tripled_edge.runtime refuses accelerator="gpu" there). Loads the model with
-# each accelerator, runs the frames (if any) and saves the disparities; one JSON line on stdout.
+# each accelerator, runs the frames (if any) on "gpu" and "cpu" and saves the disparities ("auto" is
+# only resolved: a second GPU model in one process runs int8 ~10x slower on lavapipe), and with
+# "verdict" asks runtime.gpu_verdict too (its own process); one JSON line on stdout.
 DEVICE = """
 import json, logging, sys
 import numpy as np
 from tripled_edge import runtime
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-path, frames_path, out = sys.argv[1:4]
+path, frames_path, out, verdict = sys.argv[1:5]
 frames = np.load(frames_path) if frames_path != "-" else None
 report = {"tensorflow_loaded": False}
 for accelerator in ("gpu", "cpu", "auto"):
@@ -100,15 +102,16 @@ for accelerator in ("gpu", "cpu", "auto"):
         report[accelerator] = {"error": str(error)}
         continue
     report[accelerator] = {"accelerator": model.accelerator}
-    if frames is not None:
+    if frames is not None and accelerator != "auto":
         np.save(f"{out}/{accelerator}.npy", np.stack([model.network(frame) for frame in frames]))
-report["verdict"] = runtime.gpu_verdict(path)
+if verdict == "verdict":
+    report["verdict"] = runtime.gpu_verdict(path)
 report["tensorflow_loaded"] = "tensorflow" in sys.modules
 print(json.dumps(report))
 """
 
 
-def _on_device(path, out: pathlib.Path, frames=None, **env_overrides):
+def _on_device(path, out: pathlib.Path, frames=None, verdict=True, **env_overrides):
     """(report, stderr) of DEVICE run on ``path`` in a fresh process without TensorFlow."""
     frames_path = "-"
     if frames is not None:
@@ -117,13 +120,15 @@ def _on_device(path, out: pathlib.Path, frames=None, **env_overrides):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                **env_overrides)
     for attempt in range(3):
-        proc = subprocess.run([sys.executable, "-c", DEVICE, str(path), frames_path, str(out)],
+        proc = subprocess.run([sys.executable, "-c", DEVICE, str(path), frames_path, str(out),
+                               "verdict" if verdict else "-"],
                               cwd=out, env=env, capture_output=True, text=True, timeout=600)
         # Known flake of LiteRT's GPU backend on lavapipe when the CPU is saturated (two test
         # processes on two cores): reading an output buffer now and then fails with "Failed to lock
         # custom tensor buffer" (a retry of the read in the same process then finds it "already
-        # locked"). A fresh process succeeds; anything else fails the test at once.
-        if proc.returncode == 0 or "lock" not in proc.stderr:
+        # locked"). A fresh process succeeds, as it does after a crash (a signal) in the native GPU
+        # stack; anything else fails the test at once.
+        if proc.returncode == 0 or ("lock" not in proc.stderr and proc.returncode > 0):
             break
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -141,9 +146,10 @@ def test_every_export_runs_fully_on_the_gpu_and_agrees_with_the_cpu(gpu_adapter,
     assert result["gpu_check"] == deploy.GPU_CHECK_ACCELERATOR and result["gpu_incompatible"] == []
     assert gpu_compat.gpu_incompatibilities(pathlib.Path(result["path"]).read_bytes()) == []
     frames = np.random.default_rng(0).random((2, *size, 3)).astype(np.float32)
-    report, _ = _on_device(result["path"], tmp_path, frames)
+    # (The exporter's gpu_check above is runtime.gpu_verdict's answer: not asked twice.)
+    report, _ = _on_device(result["path"], tmp_path, frames, verdict=False)
     assert report["gpu"] == {"accelerator": "gpu"} and report["auto"] == {"accelerator": "gpu"}
-    assert report["cpu"] == {"accelerator": "cpu"} and report["verdict"] == [True, []]
+    assert report["cpu"] == {"accelerator": "cpu"}
     ours, reference = np.load(tmp_path / "gpu.npy"), np.load(tmp_path / "cpu.npy")
     assert ours.shape == (2, size[0] // 2, size[1] // 2)
     relative = np.abs(ours - reference) / np.abs(reference)

@@ -1,8 +1,8 @@
 """python -m tripled_tf.export on the demo checkpoint: SavedModel, every TFLite mode, the runtime
 without TensorFlow, and the exported files through evaluate / predict.
 
-The checkpoint is configs/demo.cfg (TripleDNet, ResNet-18 depth encoder and extractor, 64x192) trained
-for one step: the export must not care how well the network is trained, only reproduce it.
+The checkpoint is configs/demo.cfg's network (TripleDNet, ResNet-18 depth encoder and extractor,
+64x192), untrained: the export must not care how well the network is trained, only reproduce it.
 """
 import json
 import os
@@ -38,16 +38,11 @@ def _last_json(stdout):
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("export")
-    run_dir = folder / "demo"
-    proc = _module("tripled_tf.train", [
-        f"--flagfile={REPO / 'configs' / 'demo.cfg'}", "--num_steps=1", "--num_train_samples=4",
-        "--num_val_samples=0", "--num_preview=1", "--image_summary_every=0", "--verbose=0",
-        "--run_eagerly",  # one step: tracing the compiled step would cost more than it saves
-        f"--log_dir={run_dir}"], folder)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir
+def demo_run(tmp_path_factory, untrained_run):
+    """A run folder of configs/demo.cfg's network (TripleDNet, ResNet-18s) at 64x192, untrained: the
+    exports must reproduce a network whatever its weights (a one-step CLI run cost ~40 s here; the
+    trainer's run folder is checked by tests/test_train.py)."""
+    return untrained_run(tmp_path_factory.mktemp("export") / "demo", "tripled", HEIGHT, WIDTH, step=1)
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tripled_tf import checkpoint, train_distribution
-from training_runs import REPO, run_script, subprocess_env, weights
+from training_runs import REPO, run_script, script, subprocess_env, weights
 
 
 # ------------------------------------------------------------------------------------------------
@@ -32,13 +31,15 @@ _DISTRIBUTED_RUN = """
     from tripled_tf.models.depth_model import DepthModelConfig
     from tripled_tf.train_config import TrainConfig
     CLIP = {clip}
-    # No dropout: its masks are drawn per replica, so they could not match one replica's.
+    # No dropout: its masks are drawn per replica, so they could not match one replica's. Eager
+    # steps: the same train_step and cross-replica code without tracing a two-replica step (~40 s
+    # here); the multi-worker tests below run the compiled step.
     model = DepthModelConfig(depth_layers=18, pose_layers=18, pose_input_size=None, dropout=0.0)
     results = {{}}
     for strategy in {strategies}:
         config = TrainConfig(model="baseline", height=64, width=64, batch_size=2, num_steps=2,
                              num_train_samples=6, num_val_samples=0, num_preview=1,
-                             learning_rate=1e-3, warmup_steps=0, verbose=0,
+                             learning_rate=1e-3, warmup_steps=0, verbose=0, run_eagerly=True,
                              image_summary_every=0, strategy=strategy, grad_clip_norm=CLIP,
                              log_dir=os.path.join({run_root!r}, strategy))
         results[strategy] = training.train(config, model)
@@ -157,7 +158,7 @@ def _run_workers(codes):
                                        "task": {"type": "worker", "index": index}})
         # Files, not pipes: a worker blocked on a full pipe would stall the others' collectives.
         out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-        workers.append((subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO,
+        workers.append((subprocess.Popen([sys.executable, "-c", script(code)], cwd=REPO,
                                          env=env, stdout=out, stderr=err, text=True), out, err))
     outputs = []
     try:

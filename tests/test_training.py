@@ -42,34 +42,50 @@ def _config(tmp_path, name="run", **changes) -> TrainConfig:
 # Resume.
 
 
-def test_resume_continues_exactly_where_the_run_stopped(tmp_path):
+@pytest.fixture(scope="module")
+def resume_runs(tmp_path_factory):
+    """One run of 4 steps ("straight") and the same run stopped after step 3 and resumed to step 4
+    ("split"), TensorBoard scalars every 2 steps: {"straight", "first", "resumed": train results,
+    "after_three": the split run's weights at its stop, "root": their folder}."""
+    root = tmp_path_factory.mktemp("resume")
     model = MODEL  # with dropout: its RNG state is part of the checkpoint
-    straight = training.train(_config(tmp_path, "straight", num_steps=4), model)
-    training.train(_config(tmp_path, "split", num_steps=2), model)
-    after_two = weights(tmp_path / "split")
+    runs = {"root": root}
+    runs["straight"] = training.train(_config(root, "straight", num_steps=4, summary_every=2), model)
+    runs["first"] = training.train(_config(root, "split", num_steps=3, summary_every=2), model)
+    runs["after_three"] = weights(root / "split")
     with pytest.raises(checkpoint.RunFolderError, match="--resume"):
-        training.train(_config(tmp_path, "split", num_steps=4), model)
-    resumed = training.train(_config(tmp_path, "split", num_steps=4, resume=True), model)
-    assert resumed["resumed_from"] == 2 and resumed["steps"] == straight["steps"] == 4
+        training.train(_config(root, "split", num_steps=4, summary_every=2), model)
+    runs["resumed"] = training.train(_config(root, "split", num_steps=4, summary_every=2, resume=True),
+                                     model)
+    return runs
+
+
+@pytest.mark.xdist_group("resume_runs")  # share the module fixture
+def test_resume_continues_exactly_where_the_run_stopped(resume_runs):
+    root, straight, resumed = resume_runs["root"], resume_runs["straight"], resume_runs["resumed"]
+    assert resumed["resumed_from"] == 3 and resumed["steps"] == straight["steps"] == 4
     # Same weights as the uninterrupted run: optimiser moments, step count (learning rate), dropout
-    # and automask-noise RNG states and data position all came back. Two more steps do change them.
-    for a, b, c in zip(weights(tmp_path / "straight"), weights(tmp_path / "split"), after_two):
+    # and automask-noise RNG states and data position all came back. The last step does change them.
+    for a, b in zip(weights(root / "straight"), weights(root / "split")):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    assert any(not np.allclose(a, c) for a, c in zip(weights(tmp_path / "straight"), after_two))
+    assert any(not np.allclose(a, c) for a, c in zip(weights(root / "straight"),
+                                                      resume_runs["after_three"]))
 
 
-def test_resume_refuses_a_folder_without_checkpoint_and_another_data_order(tmp_path):
+@pytest.mark.xdist_group("resume_runs")  # share the module fixture
+def test_resume_refuses_a_folder_without_checkpoint_and_another_data_order(tmp_path, resume_runs):
     # A typo in --log_dir: nothing to resume, nothing created.
     with pytest.raises(checkpoint.RunFolderError, match=r"--resume: .*typo holds no checkpoint"):
         training.train(_config(tmp_path, "typo", num_steps=1, resume=True), MODEL)
     assert not (tmp_path / "typo").exists()
-    training.train(_config(tmp_path, num_steps=1), MODEL)
-    saved = (tmp_path / "run" / checkpoint.CONFIG_FILE).read_text()
+    root = resume_runs["root"]
+    saved = (root / "straight" / checkpoint.CONFIG_FILE).read_text()
     # Another batch size or seed would continue at another data position: refused, naming both.
     with pytest.raises(checkpoint.RunFolderError,
                        match=r"--batch_size=2 \(now 3\), --seed=1024 \(now 7\).*data order"):
-        training.train(_config(tmp_path, num_steps=2, resume=True, batch_size=3, seed=7), MODEL)
-    assert (tmp_path / "run" / checkpoint.CONFIG_FILE).read_text() == saved
+        training.train(_config(root, "straight", num_steps=6, summary_every=2, resume=True,
+                               batch_size=3, seed=7), MODEL)
+    assert (root / "straight" / checkpoint.CONFIG_FILE).read_text() == saved
 
 
 def test_epoch_options_resolve_in_updates():
@@ -93,11 +109,12 @@ def test_accumulate_steps_counts_updates(tmp_path):
     assert result["preview"] is None and not (tmp_path / "run" / "preview.png").exists()
 
 
-def test_resume_refuses_another_model_configuration(tmp_path):
-    training.train(_config(tmp_path, num_steps=1), MODEL)
+@pytest.mark.xdist_group("resume_runs")  # share the module fixture
+def test_resume_refuses_another_model_configuration(resume_runs):
     other = dataclasses.replace(MODEL, smoothness_weight=0.5)
     with pytest.raises(checkpoint.RunFolderError, match="another model configuration"):
-        training.train(_config(tmp_path, num_steps=2, resume=True), other)
+        training.train(_config(resume_runs["root"], "straight", num_steps=6, summary_every=2,
+                               resume=True), other)
 
 
 def test_sigkill_mid_run_leaves_a_checkpoint_the_resumed_run_continues(tmp_path):
@@ -125,11 +142,11 @@ def test_sigkill_mid_run_leaves_a_checkpoint_the_resumed_run_continues(tmp_path)
     info = checkpoint.latest_checkpoint(run_dir)
     assert info["step"] >= 3 and os.path.isfile(info["weights"]) and os.path.isfile(info["state"])
     killed_at = info["step"]
-    done = subprocess.run(args + [f"--num_steps={killed_at + 2}", "--resume"], cwd=tmp_path,
+    done = subprocess.run(args + [f"--num_steps={killed_at + 1}", "--resume"], cwd=tmp_path,
                           env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["resumed_from"] == killed_at and result["steps"] == killed_at + 2
+    assert result["resumed_from"] == killed_at and result["steps"] == killed_at + 1
     assert all(np.isfinite(v) for v in result["final_losses"].values())
 
 
@@ -255,7 +272,7 @@ def test_deterministic_runs_give_identical_losses_and_weights(tmp_path):
         model = DepthModelConfig(depth_layers=18, pose_layers=18, pose_input_size=None)
         out = []
         for name in ("a", "b"):
-            config = TrainConfig(model="baseline", height=64, width=64, batch_size=2, num_steps=3,
+            config = TrainConfig(model="baseline", height=64, width=64, batch_size=2, num_steps=2,
                                  num_train_samples=6, num_val_samples=0, num_preview=1,
                                  learning_rate=1e-3, warmup_steps=0, verbose=0, run_eagerly=True,
                                  image_summary_every=0, deterministic=True,
@@ -317,12 +334,11 @@ def _tensorboard_scalars(run_dir) -> dict:
     return values
 
 
-def test_tensorboard_losses_are_interval_means_that_a_resume_continues(tmp_path):
-    straight = training.train(_config(tmp_path, "straight", num_steps=4, summary_every=2), MODEL)
-    first = training.train(_config(tmp_path, "split", num_steps=3, summary_every=2), MODEL)
-    resumed = training.train(_config(tmp_path, "split", num_steps=4, summary_every=2, resume=True),
-                             MODEL)
-    once, split = _tensorboard_scalars(tmp_path / "straight"), _tensorboard_scalars(tmp_path / "split")
+@pytest.mark.xdist_group("resume_runs")  # share the module fixture
+def test_tensorboard_losses_are_interval_means_that_a_resume_continues(resume_runs):
+    root, straight = resume_runs["root"], resume_runs["straight"]
+    first, resumed = resume_runs["first"], resume_runs["resumed"]
+    once, split = _tensorboard_scalars(root / "straight"), _tensorboard_scalars(root / "split")
     assert sorted(once) == sorted(split) == [2, 4]
     # final_losses are the running means of one fit: steps 1-4, steps 1-3, and step 4 alone.
     loss_3 = 3 * first["final_losses"]["loss"] - 2 * once[2]["loss"]

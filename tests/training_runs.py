@@ -23,8 +23,19 @@ def subprocess_env():
                 PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
 
 
+# Put before a script's own code: Grappler off, as in the test processes (tests/conftest.py).
+GRAPPLER_OFF = ("import tensorflow as tf\n"
+                "tf.config.optimizer.set_experimental_options({'disable_meta_optimizer': True})\n"
+                if os.environ.get("TRIPLED_TEST_GRAPPLER", "0") != "1" else "")
+
+
+def script(code: str) -> str:
+    """``code`` dedented, after GRAPPLER_OFF."""
+    return GRAPPLER_OFF + textwrap.dedent(code)
+
+
 def run_script(code: str, timeout=600, env=None) -> subprocess.CompletedProcess:
-    """``python -c code`` (dedented) in the repository root; stdout and stderr captured."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO,
+    """``python -c code`` (see :func:`script`) in the repository root; stdout and stderr captured."""
+    return subprocess.run([sys.executable, "-c", script(code)], cwd=REPO,
                           env=env or subprocess_env(), capture_output=True, text=True,
                           timeout=timeout)

@@ -425,12 +425,18 @@ def gpu_verdict(model_path, timeout: float = 600) -> Tuple[bool, List[str]]:
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [package_parent] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    try:
-        proc = subprocess.run([sys.executable, "-m", "tripled_edge.runtime", "--gpu-verdict",
-                               str(model_path)], env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        log.warning("the GPU check of %s timed out after %.0f s: no verdict", model_path, timeout)
-        return False, []
+    for attempt in range(2):
+        try:
+            proc = subprocess.run([sys.executable, "-m", "tripled_edge.runtime", "--gpu-verdict",
+                                   str(model_path)], env=env, capture_output=True, text=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("the GPU check of %s timed out after %.0f s: no verdict", model_path, timeout)
+            return False, []
+        # Killed by a signal: a crash in the native GPU stack, which software drivers (lavapipe) do
+        # now and then on a saturated CPU; a fresh process is asked once more.
+        if proc.returncode >= 0:
+            break
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         log.warning("the GPU check of %s failed (exit status %s): no verdict", model_path, proc.returncode)
