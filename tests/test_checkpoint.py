@@ -167,3 +167,40 @@ def test_a_checkpoint_with_a_nan_variable_is_refused_and_nothing_written(model, 
     finally:
         moment.assign(value)
     assert not (tmp_path / checkpoint.CHECKPOINT_DIR).exists()
+
+
+def test_a_lean_folder_is_the_config_and_the_depth_network_alone(untrained_run, tmp_path):
+    from tripled_tf import inference
+    from tripled_tf.data.records import BadInputError
+
+    run = untrained_run(tmp_path / "run", "tripled", 64, 64, step=2)
+    full, config = checkpoint.load_model(run)
+    lean = tmp_path / "lean"
+    lean.mkdir()
+    checkpoint.write_json(lean / checkpoint.CONFIG_FILE, config)
+    path = checkpoint.save_depth_weights(full, lean)
+    assert path == str(lean / checkpoint.DEPTH_WEIGHTS_FILE) and checkpoint.depth_weights(lean) == path
+    assert not list(lean.glob("tmp-*"))
+    # Only the layers inference runs, under the same entries as in the full weights file.
+    roots = {name.split("/")[0] for name in _h5_dataset_names(path)}
+    assert roots == {"encoder", "feature_split", "depth_decoder"}, roots
+    full_names = set(_h5_dataset_names(checkpoint.latest_checkpoint(run)["weights"]))
+    assert set(_h5_dataset_names(path)) < full_names
+    depth_bytes = sum(np.asarray(w.numpy()).nbytes for w in full.depth_branch().weights)
+    assert depth_bytes <= os.path.getsize(path) < 0.6 * os.path.getsize(
+        checkpoint.latest_checkpoint(run)["weights"])
+
+    loaded, _ = checkpoint.load_model(lean)  # no checkpoints/: the depth weights
+    images = np.random.default_rng(0).random((2, 64, 64, 3)).astype(np.float32)
+    for a, b in zip(full(images, training=False), loaded(images, training=False)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert inference.check_run_folder(lean) == lean
+    # What needs the pose network says the folder holds the depth network alone.
+    with pytest.raises(FileNotFoundError, match="depth network alone"):
+        checkpoint.load_model(lean, depth_only=False)
+    with pytest.raises(BadInputError, match="depth network alone"):
+        inference.check_run_folder(lean, depth_only_ok=False)
+    with pytest.raises(checkpoint.RunFolderError, match="depth network alone"):
+        checkpoint.check_init_checkpoint(lean, full.config)
+    with pytest.raises(FileNotFoundError, match="no depth.weights.h5"):
+        checkpoint.load_model(run, depth_only=True)

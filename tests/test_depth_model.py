@@ -36,6 +36,17 @@ def test_outputs_and_predict_depth_range():
     assert float(tf.reduce_min(depth)) >= 0.1 - 1e-6 and float(tf.reduce_max(depth)) <= 100.0 + 1e-3
 
 
+def test_depth_branch_is_the_call_and_holds_only_the_depth_layers():
+    model = _model()
+    images = tf.random.uniform([2, HEIGHT, WIDTH, 3], seed=2)
+    branch = model.depth_branch()
+    for a, b in zip(model(images, training=False), branch(images, training=False)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert ({id(v) for v in branch.weights}
+            == {id(v) for layer in (model.encoder, model.depth_decoder) for v in layer.weights})
+    assert not {id(v) for v in branch.weights} & {id(v) for v in model.pose_net.weights}
+
+
 def test_loss_gradients_reach_every_network(batch):
     model = _model()
     with tf.GradientTape() as tape:

@@ -105,7 +105,7 @@ def test_single_image_outputs_are_at_the_original_size(image_run, run_dir):
     assert summary["frames"] == 1 and summary["output_dir"] == str(out)
     assert summary["scale"] == "relative" and summary["scale_factor"] == 1.0
     colour = cv2.imread(str(out / "street_depth.png"))
-    disp = np.load(out / "street_disp.npy")
+    disp = np.load(out / "street_sigmoid.npy")
     depth = np.load(out / "street_depth.npy")
     assert colour.shape == (50, 70, 3)
     assert disp.shape == depth.shape == (50, 70) and disp.dtype == depth.dtype == np.float32
@@ -119,7 +119,7 @@ def test_single_image_outputs_are_at_the_original_size(image_run, run_dir):
     assert index["intrinsics"]["source"].startswith("--fx=60 --fy=55 --cx=34.5 --cy=24")
     frame, = index["frames"]
     assert frame["size"] == [50, 70] and frame["source"] == str(image_run["image"])
-    assert frame["files"] == {"depth_png": "street_depth.png", "disp_npy": "street_disp.npy",
+    assert frame["files"] == {"depth_png": "street_depth.png", "sigmoid_npy": "street_sigmoid.npy",
                               "depth_npy": "street_depth.npy", "ply": "street.ply"}
     assert not list(out.glob("*.tmp"))
 

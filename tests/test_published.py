@@ -311,7 +311,7 @@ def test_load_predicts_the_networks_depth_at_any_size(converted_r18, tmp_path):
     assert depth.shape == (64, 96) and depth.dtype == np.float32
     np.testing.assert_allclose(depth, expected.numpy()[0, ..., 0], rtol=1e-4)
 
-    # Any size, a path, a batch: the same numbers as predict's <stem>_depth.npy / _disp.npy.
+    # Any size, a path, a batch: the same numbers as predict's <stem>_depth.npy / _sigmoid.npy.
     photo = rng.integers(0, 256, (75, 130, 3), dtype=np.uint8)
     path = tmp_path / "photo.png"
     cv2.imwrite(str(path), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
@@ -321,7 +321,7 @@ def test_load_predicts_the_networks_depth_at_any_size(converted_r18, tmp_path):
     assert from_cli.shape == (75, 130)
     np.testing.assert_array_equal(estimator.predict(photo), from_cli)
     np.testing.assert_array_equal(estimator.predict(path), from_cli)
-    np.testing.assert_array_equal(estimator.predict_disparity(photo), np.load(out / "photo_disp.npy"))
+    np.testing.assert_array_equal(estimator.predict_sigmoid(photo), np.load(out / "photo_sigmoid.npy"))
     batch = estimator.predict_batch([photo, photo[:, ::-1].copy()])
     assert batch.shape == (2, 75, 130)
     np.testing.assert_allclose(batch[0], from_cli, rtol=1e-5)

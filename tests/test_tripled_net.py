@@ -71,6 +71,19 @@ def test_split_halves_level5_for_the_depth_decoder(full_model):
                                                for s in range(4)]
 
 
+def test_depth_branch_is_the_call_and_holds_only_the_depth_layers(full_model):
+    images = tf.random.uniform([2, HEIGHT, WIDTH, 3], seed=4)
+    expected = full_model(images, training=False)
+    branch = full_model.depth_branch()
+    for a, b in zip(expected, branch(images, training=False)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    depth_layers = (full_model.encoder, full_model.feature_split, full_model.depth_decoder)
+    assert {id(v) for v in branch.weights} == {id(v) for layer in depth_layers for v in layer.weights}
+    others = [full_model.pose_net, full_model.appearance_decoder, full_model.extractor,
+              full_model.extractor_decoder, full_model.pretext_head]
+    assert not {id(v) for v in branch.weights} & {id(v) for layer in others for v in layer.weights}
+
+
 def test_everything_off_is_the_baseline_architecture():
     model = TripleDNet(TripleDConfig(**SMALL, **OFF))
     assert model.appearance_decoder is None and model.extractor is None

@@ -9,7 +9,7 @@ def load(path, batch_size: int = 8):
     """A depth model from a run folder, a converted folder, a SavedModel or a .tflite file: an object
     whose ``.predict(image)`` takes a uint8 RGB ``[H, W, 3]`` array of any size (or a path) and returns
     float32 ``[H, W]`` depth. See :func:`tripled_tf.api.load` (example there) and
-    :class:`tripled_tf.api.DepthEstimator` (``predict_batch``, ``predict_disparity``,
+    :class:`tripled_tf.api.DepthEstimator` (``predict_batch``, ``predict_sigmoid``,
     ``camera_height=`` for metric scale). Importing tripled_tf stays light: TensorFlow loads here."""
     from tripled_tf.api import load as _load
 

@@ -9,7 +9,8 @@
 ``path``: a training run folder, a folder written by ``python -m tripled_tf.convert`` (the same
 thing), an exported SavedModel folder or a .tflite file (``python -m tripled_tf.export``). The frames
 go through exactly what ``python -m tripled_tf.predict`` does to them (:func:`tripled_tf.inference.
-predict_frames`), so the arrays equal predict's ``<stem>_depth.npy`` / ``<stem>_disp.npy``.
+predict_frames`), so the arrays equal predict's ``<stem>_depth.npy`` /
+``<stem>_sigmoid.npy``.
 """
 from __future__ import annotations
 
@@ -113,9 +114,9 @@ class DepthEstimator:
             return np.zeros((0, 0, 0), np.float32)
         return np.stack([self._metric(depth, camera_height, intrinsics) for _, depth in maps])
 
-    def predict_disparity(self, image: ImageLike) -> np.ndarray:
-        """The network's sigmoid disparity σ in [0, 1] at the image's size, ``[H, W]`` float32
-        (predict's ``<stem>_disp.npy``)."""
+    def predict_sigmoid(self, image: ImageLike) -> np.ndarray:
+        """The network's sigmoid output σ in [0, 1] at the image's size, ``[H, W]`` float32
+        (predict's ``<stem>_sigmoid.npy``)."""
         return self._maps([image])[0][0]
 
 

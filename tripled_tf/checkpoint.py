@@ -7,6 +7,9 @@ Layout of a run folder::
     checkpoints/ckpt-<step>.state.npz    training state: optimiser variables (the only copy of Adam's
                                          moments), dropout RNG states, the summary accumulators
     checkpoints/latest.json              {"step", "weights", "state", "batches"}: the last complete one
+    depth.weights.h5                     the depth network alone (encoder [+ feature split] + depth
+                                         decoder), written when training ends: with config.json, the
+                                         lean run folder to share or deploy
     preview.png, result.json, logs/ (TensorBoard)
 
 A checkpoint is complete once latest.json names it: both files are written under temporary names and
@@ -31,6 +34,7 @@ from tripled_tf.atomic_files import atomic_write_bytes, replace_synced
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 INDEX_FILE = "latest.json"
+DEPTH_WEIGHTS_FILE = "depth.weights.h5"
 
 
 class RunFolderError(ValueError):
@@ -66,6 +70,27 @@ def load_model_weights(model, path) -> None:
     import keras
     skip = [model.optimizer] if getattr(model, "optimizer", None) is not None else None
     keras.saving.load_weights(model, str(path), objects_to_skip=skip)
+
+
+def save_depth_weights(model, run_dir) -> str:
+    """Writes ``<run_dir>/depth.weights.h5``: the variables of ``model.depth_branch()`` only (what
+    inference runs), atomically. With config.json it is a complete folder for predict, evaluate
+    (depth), export and ``tripled_tf.load``. Returns its path."""
+    import keras
+    path = pathlib.Path(run_dir) / DEPTH_WEIGHTS_FILE
+    tmp = path.with_name("tmp-" + path.name)  # Keras insists on the .weights.h5 suffix
+    try:
+        keras.saving.save_weights(model.depth_branch(), str(tmp))
+        replace_synced(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return str(path)
+
+
+def depth_weights(run_dir) -> Optional[str]:
+    """The path of the run folder's depth.weights.h5, or None."""
+    path = pathlib.Path(run_dir) / DEPTH_WEIGHTS_FILE
+    return str(path) if path.is_file() else None
 
 
 def training_state_variables(model) -> List:
@@ -250,20 +275,36 @@ def model_from_config(config: dict):
     return (TripleDNet if isinstance(model_config, TripleDConfig) else MonoDepthModel)(model_config)
 
 
-def load_model(run_dir):
-    """Rebuilds the model of a run folder and loads its last checkpoint.
+def load_model(run_dir, depth_only: Optional[bool] = None):
+    """Rebuilds the model of a run folder and loads its last checkpoint, or, in a folder without
+    one, its depth.weights.h5 (a lean folder: config.json + the depth network).
 
+    Args:
+      depth_only: None: the checkpoint if there is one, else the depth weights; True: the depth
+        weights only (the rest of the model keeps its initial values); False: the checkpoint only.
     Returns:
       (model, config dict). The model is built at the run's training resolution and accepts any
       size whose sides are multiples of 32.
+    Raises:
+      FileNotFoundError: no weights of the kind asked for.
     """
     config = read_config(run_dir)
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint in {CHECKPOINT_DIR}/")
+    checkpoint = latest_checkpoint(run_dir) if not depth_only else None
+    depth_file = depth_weights(run_dir) if checkpoint is None and depth_only is not False else None
+    if checkpoint is None and depth_file is None:
+        wanted = {None: f"no checkpoint in {CHECKPOINT_DIR}/ and no {DEPTH_WEIGHTS_FILE}",
+                  True: f"no {DEPTH_WEIGHTS_FILE}",
+                  False: f"no checkpoint in {CHECKPOINT_DIR}/" + (
+                      f" (its {DEPTH_WEIGHTS_FILE} holds the depth network alone)"
+                      if depth_weights(run_dir) else "")}[depth_only]
+        raise FileNotFoundError(f"{run_dir}: {wanted}")
     model = model_from_config(config)
     model.build_for_size(config["train"]["height"], config["train"]["width"])
-    load_model_weights(model, checkpoint["weights"])
+    if checkpoint is not None:
+        load_model_weights(model, checkpoint["weights"])
+    else:
+        import keras
+        keras.saving.load_weights(model.depth_branch(), depth_file)
     return model, config
 
 
@@ -288,7 +329,9 @@ def check_init_checkpoint(run_dir, model_config) -> dict:
         raise RunFolderError(f"--init_checkpoint={run_dir}: {error}") from None
     found = latest_checkpoint(run_dir)
     if found is None:
-        raise RunFolderError(f"--init_checkpoint={run_dir}: no checkpoint in {CHECKPOINT_DIR}/")
+        lean = (f" (its {DEPTH_WEIGHTS_FILE} holds the depth network alone, not the pose network)"
+                if depth_weights(run_dir) else "")
+        raise RunFolderError(f"--init_checkpoint={run_dir}: no checkpoint in {CHECKPOINT_DIR}/{lean}")
     kind = config.get("train", {}).get("model", "baseline")
     differ = [f for f in ARCHITECTURE_FIELDS
               if getattr(theirs, f, None) != getattr(model_config, f, None)]

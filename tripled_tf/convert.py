@@ -85,6 +85,7 @@ def save_run_folder(model, output, height: int, width: int, source: dict,
                               {"train": dataclasses.asdict(train),
                                "model": model.config.to_dict(), SOURCE_KEY: source})
         checkpoint.save_checkpoint(model, staging, step=0, with_state=False)
+        checkpoint.save_depth_weights(model, staging)
         _replace_folder(staging, output, overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -186,8 +186,8 @@ def main(argv):
             result = evaluate_depth_task(depth_fn)
             result["model"] = depth_fn.description
         else:
-            inference.check_run_folder(FLAGS.checkpoint)
-            model, config = checkpoint.load_model(FLAGS.checkpoint)
+            inference.check_run_folder(FLAGS.checkpoint, depth_only_ok=False)
+            model, config = checkpoint.load_model(FLAGS.checkpoint, depth_only=False)
             result = evaluate_pose_task(model, config)
     except (BadInputError, FileNotFoundError, ValueError) as error:
         exit_with_error(str(error), 2)

@@ -160,8 +160,10 @@ def is_saved_model(path) -> bool:
     return (pathlib.Path(path) / SAVED_MODEL_FILE).is_file()
 
 
-def check_run_folder(path) -> pathlib.Path:
-    """Cheap checks of a training run folder (no TensorFlow); raises BadInputError naming the path."""
+def check_run_folder(path, depth_only_ok: bool = True) -> pathlib.Path:
+    """Cheap checks of a training run folder (no TensorFlow); raises BadInputError naming the path.
+
+    ``depth_only_ok``: a lean folder (config.json + depth.weights.h5, no checkpoint) will do."""
     path = pathlib.Path(path)
     if not path.exists():
         raise BadInputError(path, "checkpoint not found (expected a training run folder holding "
@@ -176,9 +178,13 @@ def check_run_folder(path) -> pathlib.Path:
         found = run_folder.latest_checkpoint(path)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise BadInputError(path, f"unreadable run folder: {error}") from None
+    if found is None and depth_only_ok and run_folder.depth_weights(path):
+        return path
     if found is None:
-        raise BadInputError(path, f"no checkpoint in {run_folder.CHECKPOINT_DIR}/ (the training run did "
-                                  "not save one yet)")
+        lean = run_folder.depth_weights(path)
+        raise BadInputError(path, f"no checkpoint in {run_folder.CHECKPOINT_DIR}/ " + (
+            f"(its {run_folder.DEPTH_WEIGHTS_FILE} holds the depth network alone, not the pose network)"
+            if lean else "(the training run did not save one yet)"))
     if not pathlib.Path(found["weights"]).is_file():
         raise BadInputError(found["weights"], "checkpoint weights file missing")
     return path
@@ -286,8 +292,9 @@ def load_depth_fn(path, batch_size: int = 8) -> DepthFunction:
         model, config = run_folder.load_model(path)
     except (OSError, ValueError, KeyError) as error:
         raise BadInputError(path, f"cannot load the checkpoint: {error}") from None
-    step = (run_folder.latest_checkpoint(path) or {}).get("step")
+    found = run_folder.latest_checkpoint(path)
+    weights = f"step {found['step']}" if found else run_folder.DEPTH_WEIGHTS_FILE
     size = (int(config["train"]["height"]), int(config["train"]["width"]))
     return refuse_non_finite(from_keras(model, size, batch_size,
-                                        f"{path} ({config['train'].get('model', 'baseline')}, step {step})"),
+                                        f"{path} ({config['train'].get('model', 'baseline')}, {weights})"),
                              path)

@@ -10,7 +10,7 @@ the frame's ORIGINAL size. Per frame, ``--output_dir`` receives
 
     <stem>_depth.png   the disparity in the magma colour map (near = bright; robust 95th-percentile
                        normalisation per frame)
-    <stem>_disp.npy    float32 [H, W]: the network's sigmoid disparity σ in [0, 1], scale-free
+    <stem>_sigmoid.npy float32 [H, W]: the network's sigmoid output σ in [0, 1], scale-free
     <stem>_depth.npy   float32 [H, W]: depth = scale / (1/max_depth + (1/min_depth - 1/max_depth)·σ)
     <stem>.ply         with --ply: a coloured point cloud (x y z red green blue, one vertex per pixel)
 
@@ -80,7 +80,7 @@ def define_flags(flag_values=None) -> None:
                         "video file.", flag_values=fv)
     flags.DEFINE_string("checkpoint", None, "A training run folder (config.json + checkpoints/), an "
                         "exported SavedModel folder or a .tflite file.", flag_values=fv)
-    flags.DEFINE_string("output_dir", None, "Folder for <stem>_depth.png, <stem>_disp.npy, "
+    flags.DEFINE_string("output_dir", None, "Folder for <stem>_depth.png, <stem>_sigmoid.npy, "
                         "<stem>_depth.npy [, <stem>.ply, <video>_depth.mp4] and predictions.json.",
                         flag_values=fv)
     flags.DEFINE_integer("height", None, "Model input height, multiple of 32 (default: the training "

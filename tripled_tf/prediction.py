@@ -150,10 +150,11 @@ def predict_source(source: FrameSource, depth_fn: DepthFunction, output_dir,
                     record["scale_factor"] = plane.scale
                     record["ground_plane"] = plane.as_dict()
                 colour = visualize.colorize_disparity(disp_full)
-                files = {"depth_png": f"{frame.stem}_depth.png", "disp_npy": f"{frame.stem}_disp.npy",
+                files = {"depth_png": f"{frame.stem}_depth.png",
+                         "sigmoid_npy": f"{frame.stem}_sigmoid.npy",
                          "depth_npy": f"{frame.stem}_depth.npy"}
                 visualize.write_png(output_dir / files["depth_png"], colour)
-                save_npy(output_dir / files["disp_npy"], disp_full.astype(np.float32))
+                save_npy(output_dir / files["sigmoid_npy"], disp_full.astype(np.float32))
                 save_npy(output_dir / files["depth_npy"], depth)
                 if ply:
                     files["ply"] = f"{frame.stem}.ply"
@@ -194,7 +195,7 @@ def predict_source(source: FrameSource, depth_fn: DepthFunction, output_dir,
                                       "frame; not metres)",
         "scale_assumption": SCALE_ASSUMPTION if metric else None,
         "intrinsics": {"source": intrinsics.source, "used_for": uses},
-        "disp_npy": "sigmoid disparity σ in [0, 1]; depth = scale_factor / (1/max_depth + "
+        "sigmoid_npy": "the network's sigmoid output σ in [0, 1]; depth = scale_factor / (1/max_depth + "
                     "(1/min_depth - 1/max_depth)·σ)",
         "side_by_side": pathlib.Path(video_path).name if video_path else None,
         "num_frames": len(records), "missing_frames": missing, "frames": records,

@@ -92,19 +92,21 @@ def _prepare(images, height: int, width: int):
 
 def build_archive(model, height: int, width: int, batch_size: Optional[int] = None,
                   serving: bool = True) -> keras.export.ExportArchive:
-    """An ExportArchive of the depth branch.
+    """An ExportArchive of the depth branch alone (``model.depth_branch()``: no pose network, no
+    training-only branches, no optimiser).
 
     Args:
-      model: a built depth model whose call returns ``[σ_0, ...]`` for ``[B, h, w, 3]`` input.
+      model: a built MonoDepthModel / TripleDNet (its ``depth_branch()`` is exported).
       height, width: the network's input size.
       batch_size: fixes the batch dimension of ``model_input`` (1 for the TFLite converter, whose GPU
         delegate needs static shapes); None = any.
       serving: add ``serving_default`` and ``serving_encoded`` (not wanted for TFLite conversion).
     """
     min_depth, max_depth = float(model.config.min_depth), float(model.config.max_depth)
+    branch = model.depth_branch()
 
     def network(images):
-        sigma = tf.cast(model(images, training=False)[0], tf.float32)
+        sigma = tf.cast(branch(images, training=False)[0], tf.float32)
         return _disparity_of_sigma(sigma, min_depth, max_depth)
 
     def at_input_size(prepared, size):
@@ -178,7 +180,7 @@ def build_archive(model, height: int, width: int, batch_size: Optional[int] = No
                                                             name="images")),
             (ENCODED_SIGNATURE, serve_encoded, tf.TensorSpec([None], tf.string, name="encoded"))]
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    archive.track(branch)
     for name, function, spec in endpoints:
         archive.add_endpoint(name, function, input_signature=[spec])
     return archive

@@ -165,9 +165,10 @@ def _train(config, model_config, run_dir, resume_from) -> dict:
     if make_dataset.skip_report:  # frames found unreadable while decoding are only known now
         print(f"{config.dataset}: training data {make_dataset.skip_report.summary()}", flush=True)
     step = int(model.optimizer.iterations.numpy())
-    weights = None
+    weights = depth_weights = None
     if chief:
         weights = checkpoint.save_checkpoint(model, run_dir, step, callback.batches)
+        depth_weights = checkpoint.save_depth_weights(model, run_dir)
         callback.write_images(step)
     else:  # the chief's reads of the training state are collectives: take part
         checkpoint.read_training_state(model)
@@ -185,6 +186,7 @@ def _train(config, model_config, run_dir, resume_from) -> dict:
               **_result_progress(config, callback, make_dataset, resume_from, step, train_seconds),
               "replicas": strategy.num_replicas_in_sync,
               "checkpoint": weights,
+              "depth_weights": depth_weights,
               # The lowest held-out AbsRel of the periodic evaluations (--eval_every /
               # --eval_every_epoch) and the final one, kept as a run folder of its own.
               "best_step": callback.best[0] if callback.best else None,
@@ -212,7 +214,8 @@ def _check_replicas(config: TrainConfig, replicas: int) -> None:
 def _prepare_run_folder(run_dir: pathlib.Path, config: TrainConfig, model_config,
                         fresh: bool) -> None:
     """Creates the run folder and writes config.json ({"train": ..., "model": ...}, the resolved
-    schedule); a fresh run (also --overwrite) drops an earlier run's best model."""
+    schedule); a fresh run (also --overwrite) drops an earlier run's best model. The depth weights
+    of an earlier (or resumed) run go until this one ends: a lean copy must never be stale."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -222,6 +225,7 @@ def _prepare_run_folder(run_dir: pathlib.Path, config: TrainConfig, model_config
                           {"train": dataclasses.asdict(config), "model": model_config.to_dict()})
     if fresh:
         shutil.rmtree(run_dir / checkpoint.BEST_DIR, ignore_errors=True)
+    (run_dir / checkpoint.DEPTH_WEIGHTS_FILE).unlink(missing_ok=True)
 
 
 def _compiled_model(config: TrainConfig, model_config, strategy, fresh: bool):

@@ -27,7 +27,8 @@ import tensorflow as tf
 from tripled_tf import checks, color, geometry, losses
 from tripled_tf.models.appearance_decoder import AppearanceDecoder
 from tripled_tf.options import option
-from tripled_tf.models.depth_model import SOURCE_KEYS, DepthModelConfig, MonoDepthModel, _batch_tensor
+from tripled_tf.models.depth_model import (SOURCE_KEYS, DepthBranch, DepthModelConfig, MonoDepthModel,
+                                          _batch_tensor)
 from tripled_tf.models.model_config import RESNET_DEPTHS
 from tripled_tf.models.disentangle import (ATTENTIONS, COLOR_SPLITS, DEPTH_SPLITS,
                                            MAIN_DISENTANGLE_LEVELS, FeatureSplit)
@@ -174,6 +175,11 @@ class TripleDNet(MonoDepthModel):
 
     def call(self, images, training=None) -> List[tf.Tensor]:
         return self._forward(images, training=training)[2]
+
+    def depth_branch(self) -> DepthBranch:
+        """Encoder -> feature split (depth part) -> depth decoder as one layer (:class:`DepthBranch`)."""
+        return DepthBranch(self.encoder, self.depth_decoder, feature_split=self.feature_split,
+                           name="depth_branch")
 
     # ---------------------------------------------------------------------------------------- loss
     def _erase_mask(self, batch: dict, target: tf.Tensor) -> tf.Tensor:
