@@ -101,6 +101,18 @@ def test_saved_model_signatures_match_the_keras_model(saved_model, keras_run):
     np.testing.assert_allclose(raw.numpy()[..., 0], _keras_disparity(keras_run, frames), rtol=1e-4)
 
 
+def test_saved_model_holds_the_depth_network_alone(saved_model, keras_run):
+    model = keras_run.model
+    depth_layers = (model.encoder, model.feature_split, model.depth_decoder)
+    expected = sorted(tuple(v.shape) for layer in depth_layers for v in layer.weights)
+    loaded = tf.saved_model.load(str(saved_model))
+    assert sorted(tuple(v.shape) for v in loaded._all_variables) == expected  # see serving.build_archive
+    # Far from all of it: the pose net, appearance decoder, extractor and pretext head stay behind.
+    assert sum(int(np.prod(s)) for s in expected) < 0.8 * model.count_params()
+    variables = sum(f.stat().st_size for f in (saved_model / "variables").iterdir())
+    assert variables < 1.05 * 4 * sum(int(np.prod(s)) for s in expected)  # float32, stored once
+
+
 def test_saved_model_takes_encoded_png_and_jpeg(saved_model):
     loaded = tf.saved_model.load(str(saved_model))
     image = (np.random.default_rng(2).random((45, 81, 3)) * 255).astype(np.uint8)

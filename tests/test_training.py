@@ -70,6 +70,12 @@ def test_resume_continues_exactly_where_the_run_stopped(resume_runs):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     assert any(not np.allclose(a, c) for a, c in zip(weights(root / "straight"),
                                                       resume_runs["after_three"]))
+    # The lean copy (depth.weights.h5) is the resumed run's final depth network, not step 3's.
+    assert resumed["depth_weights"] == str(root / "split" / checkpoint.DEPTH_WEIGHTS_FILE)
+    lean, _ = checkpoint.load_model(root / "split", depth_only=True)
+    full, _ = checkpoint.load_model(root / "split")
+    for a, b in zip(lean.depth_branch().get_weights(), full.depth_branch().get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.xdist_group("resume_runs")  # share the module fixture

@@ -179,8 +179,10 @@ def build_archive(model, height: int, width: int, batch_size: Optional[int] = No
             (SERVING_SIGNATURE, serve_images, tf.TensorSpec([None, None, None, 3], tf.float32,
                                                             name="images")),
             (ENCODED_SIGNATURE, serve_encoded, tf.TensorSpec([None], tf.string, name="encoded"))]
+    # Not archive.track(branch): Keras would then save every value twice (the Keras variables it
+    # tracks and, under _all_variables, the TensorFlow variables the endpoints use: 2x the file
+    # size). The endpoints' own variables are all a SavedModel needs.
     archive = keras.export.ExportArchive()
-    archive.track(branch)
     for name, function, spec in endpoints:
         archive.add_endpoint(name, function, input_signature=[spec])
     return archive
