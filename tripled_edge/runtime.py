@@ -363,7 +363,7 @@ class DepthModel:
             out = (out.astype(np.float32) - zero_point) * scale
         return out
 
-    def predict_sigmoid(self, image: np.ndarray) -> np.ndarray:
+    def predict_disparity(self, image: np.ndarray) -> np.ndarray:
         """``[H, W, 3]`` uint8 RGB -> ``[H, W]`` float32 disparity (1 / depth) at the image's size."""
         prepared = resample.prepare_image(image, self.input_size)
         disparity = self.network(prepared)
@@ -373,7 +373,7 @@ class DepthModel:
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """``[H, W, 3]`` uint8 RGB frame of any size -> ``[H, W]`` float32 depth (network units)."""
-        return (1.0 / self.predict_sigmoid(image)).astype(np.float32)
+        return (1.0 / self.predict_disparity(image)).astype(np.float32)
 
 
 def load(model_path, accelerator: str = "cpu", num_threads: Optional[int] = None, delegate=None,
