@@ -1,6 +1,7 @@
 """Shared pytest fixtures."""
 import os
 import pathlib
+import shutil
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One compute and one scheduling thread per TensorFlow process (the test processes and the
@@ -57,6 +58,25 @@ def restore_flags():
         if not was_parsed:
             flags.FLAGS.unparse_flags()
         keras.backend.clear_session()
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory):
+    """``module_tmp(name)`` -> a new folder, removed when the module's tests are done.
+
+    For module fixtures (training runs, exports): a run folder holds hundreds of MB (a ResNet-18
+    TripleDNet checkpoint is ~570 MB with Adam's state), kept to the session's end they add up to
+    ~15 GB, more than a CI machine's disk may have free. pyproject removes each test's own tmp_path
+    when the test passes (tmp_path_retention_policy).
+    """
+    made = []
+
+    def mktemp(name: str) -> pathlib.Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+    yield mktemp
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -47,10 +47,10 @@ def _depth_file(path, model: bytes) -> str:
 
 
 @pytest.fixture(scope="module")
-def gpu_adapter(tmp_path_factory):
+def gpu_adapter(module_tmp):
     """Skips unless LiteRT's GPU accelerator finds an adapter."""
     pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed (pip install -e .[dev])")
-    path = tmp_path_factory.mktemp("probe") / "probe.tflite"
+    path = module_tmp("probe") / "probe.tflite"
     path.write_bytes(_tflite(lambda x: tf.nn.relu(x) * 2.0, tf.TensorSpec([1, 8, 8, 3], tf.float32)))
     adapter, refused = runtime.gpu_verdict(path)
     if not adapter:
@@ -60,7 +60,7 @@ def gpu_adapter(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory, untrained_run):
+def exports(module_tmp, untrained_run):
     """(network, size, mode) -> export_tflite's result, exported on first use (one SavedModel per
     network and size)."""
     cache, runs, saved = {}, {}, {}
@@ -69,14 +69,14 @@ def exports(tmp_path_factory, untrained_run):
         key = (network, size, mode)
         if key not in cache:
             if network not in runs:
-                runs[network] = untrained_run(tmp_path_factory.mktemp(network), network)
+                runs[network] = untrained_run(module_tmp(network), network)
             run = deploy.load_run(runs[network], *size)
             if (network, size) not in saved:
                 saved[network, size] = deploy.write_network_saved_model(
-                    run, tmp_path_factory.mktemp("sm") / "sm")
+                    run, module_tmp("sm") / "sm")
             calibration = deploy.calibration_frames(run.config, *size, count=2)
             cache[key] = deploy.export_tflite(
-                run, tmp_path_factory.mktemp("tflite") / f"{network}_{mode}.tflite", mode,
+                run, module_tmp("tflite") / f"{network}_{mode}.tflite", mode,
                 representative=calibration, saved_model_dir=saved[network, size])
         return cache[key]
     return export

@@ -153,8 +153,8 @@ def cv2_rotation(rvec):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("eval") / "run"
+def run_dir(module_tmp):
+    folder = module_tmp("eval") / "run"
     config = train_config.TrainConfig(model="baseline", dataset="synthetic", height=64, width=96,
                                   batch_size=1, num_steps=1, num_train_samples=2, num_val_samples=0,
                                   num_preview=1, verbose=0, run_eagerly=True, image_summary_every=0,

@@ -38,11 +38,11 @@ def _last_json(stdout):
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, untrained_run):
+def demo_run(module_tmp, untrained_run):
     """A run folder of configs/demo.cfg's network (TripleDNet, ResNet-18s) at 64x192, untrained: the
     exports must reproduce a network whatever its weights (a one-step CLI run cost ~40 s here; the
     trainer's run folder is checked by tests/test_train.py)."""
-    return untrained_run(tmp_path_factory.mktemp("export") / "demo", "tripled", HEIGHT, WIDTH, step=1)
+    return untrained_run(module_tmp("export") / "demo", "tripled", HEIGHT, WIDTH, step=1)
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +76,8 @@ def _keras_at_input_size(run, images):
 
 
 @pytest.fixture(scope="module")
-def saved_model(demo_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("saved") / "depth" / "1"
+def saved_model(demo_run, module_tmp):
+    out = module_tmp("saved") / "depth" / "1"
     proc = _module("tripled_tf.export", [f"--checkpoint={demo_run}", "--format=saved_model",
                                          f"--output={out}"], demo_run.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -175,13 +175,13 @@ TOLERANCES = {"none": (1e-5, 1e-4), "fp16": (2e-3, 2e-2), "dynamic": (2e-2, 0.15
 
 
 @pytest.fixture(scope="module")
-def network_saved_model(keras_run, tmp_path_factory):
-    return deploy.write_network_saved_model(keras_run, tmp_path_factory.mktemp("network") / "sm")
+def network_saved_model(keras_run, module_tmp):
+    return deploy.write_network_saved_model(keras_run, module_tmp("network") / "sm")
 
 
 @pytest.fixture(scope="module")
-def tflite_models(keras_run, network_saved_model, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tflite")
+def tflite_models(keras_run, network_saved_model, module_tmp):
+    folder = module_tmp("tflite")
     calibration = deploy.calibration_frames(keras_run.config, HEIGHT, WIDTH, count=8)
     return {mode: deploy.export_tflite(keras_run, folder / f"depth_{mode}.tflite", mode,
                                        representative=calibration, saved_model_dir=network_saved_model)

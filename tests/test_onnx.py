@@ -18,15 +18,15 @@ TOLERANCES = {"fp32": (1e-5, 1e-4), "fp16": (2e-3, 2e-2)}
 
 
 @pytest.fixture(scope="module")
-def onnx_exports(tmp_path_factory, untrained_run):
+def onnx_exports(module_tmp, untrained_run):
     pytest.importorskip("tf2onnx", reason="tf2onnx is not installed (pip install -e .[dev])")
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[dev])")
     cache = {}
 
     def export(network):
         if network not in cache:
-            run = deploy.load_run(untrained_run(tmp_path_factory.mktemp(network), network))
-            cache[network] = run, deploy.export_onnx(run, tmp_path_factory.mktemp("onnx") / "depth.onnx")
+            run = deploy.load_run(untrained_run(module_tmp(network), network))
+            cache[network] = run, deploy.export_onnx(run, module_tmp("onnx") / "depth.onnx")
         return cache[network]
     return export
 

@@ -73,12 +73,12 @@ def _last_json(stdout):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(module_tmp):
     from tripled_tf.models.depth_model import DepthModelConfig
     from tripled_tf.train_config import TrainConfig
     from tripled_tf.training import train
 
-    log_dir = tmp_path_factory.mktemp("predict_model") / "run"
+    log_dir = module_tmp("predict_model") / "run"
     train(TrainConfig(model="baseline", dataset="synthetic", height=64, width=64, batch_size=1,
                       num_steps=1, num_train_samples=2, num_val_samples=0, num_preview=1, verbose=0,
                       run_eagerly=True, image_summary_every=0, log_dir=str(log_dir)),
@@ -87,9 +87,9 @@ def run_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def image_run(run_dir, tmp_path_factory):
+def image_run(run_dir, module_tmp):
     """The CLI on one 50x70 image (not a multiple of 32) with a binary point cloud."""
-    folder = tmp_path_factory.mktemp("predict_image")
+    folder = module_tmp("predict_image")
     image = _write_image(folder / "street.png", 50, 70, seed=1)
     out = folder / "out"
     proc = _run_predict([f"--input={image}", f"--checkpoint={run_dir}", f"--output_dir={out}", "--ply",

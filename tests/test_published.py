@@ -286,8 +286,8 @@ def test_featdepth_bad_checkpoints(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def converted_r18(tmp_path_factory):
-    root = tmp_path_factory.mktemp("md2_r18")
+def converted_r18(module_tmp):
+    root = module_tmp("md2_r18")
     source = write_monodepth2_folder(root / "md2", "monodepth2_r18", pose=False)
     convert.convert("monodepth2", source, root / "run")
     return root / "run"

@@ -71,8 +71,8 @@ def _assert_same_losses(one, two):
 
 
 @pytest.fixture(scope="module")
-def one_replica_result(tmp_path_factory):
-    root = tmp_path_factory.mktemp("one_replica")
+def one_replica_result(module_tmp):
+    root = module_tmp("one_replica")
     proc = run_script(_DISTRIBUTED_RUN.format(logical_cpus=2, strategies=["default", "mirrored"],
                                                run_root=str(root), clip=CLIP))
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -189,10 +189,10 @@ def _scalars_at(run_dir, step) -> dict:
 
 
 @pytest.fixture(scope="module")
-def two_worker_run(tmp_path_factory):
+def two_worker_run(module_tmp):
     """Four steps on two worker processes, each with its own --log_dir (machines without shared
     storage); the chief's folder after step 2 is kept as "stopped"."""
-    root = tmp_path_factory.mktemp("two_workers")
+    root = module_tmp("two_workers")
     outputs = _run_workers([_WORKER_RUN.format(resume=False, log_dir=str(root / f"worker{i}"),
                                                clip=CLIP,
                                                snapshot=str(root / "stopped") if i == 0 else "")

@@ -43,11 +43,11 @@ def _config(tmp_path, name="run", **changes) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def resume_runs(tmp_path_factory):
+def resume_runs(module_tmp):
     """One run of 4 steps ("straight") and the same run stopped after step 3 and resumed to step 4
     ("split"), TensorBoard scalars every 2 steps: {"straight", "first", "resumed": train results,
     "after_three": the split run's weights at its stop, "root": their folder}."""
-    root = tmp_path_factory.mktemp("resume")
+    root = module_tmp("resume")
     model = MODEL  # with dropout: its RNG state is part of the checkpoint
     runs = {"root": root}
     runs["straight"] = training.train(_config(root, "straight", num_steps=4, summary_every=2), model)
