@@ -17,6 +17,9 @@ os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 # it, and without it TensorFlow runs its slower Eigen kernels on CPUs without AVX-512 VNNI (AVX2
 # machines, e.g. the AMD EPYC CI machines), for the tests and the subprocesses they start.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# No test touches the internet: downloads (presets, encoder weights) are off unless a test serving
+# files from 127.0.0.1 turns them on (monkeypatch.delenv), here and in the subprocesses tests start.
+os.environ["TRIPLED_TF_OFFLINE"] = "1"
 
 import pytest
 

@@ -17,8 +17,7 @@ import sys
 
 from absl import app, flags
 
-from tripled_tf.models import pretrained, torch_checkpoint
-from tripled_tf.models.resnet import RESNET_SPECS, ResNetEncoder
+from tripled_tf.models import pretrained
 
 FLAGS = flags.FLAGS
 
@@ -38,21 +37,10 @@ def convert(input_path: str, output_path: str, num_layers: int, source: str = "a
     """Converts ``input_path`` to ``output_path``; returns the number of backbone tensors written.
 
     Raises CheckpointError (ValueError) if the checkpoint does not fill a ResNet-``num_layers``
-    exactly; the output is not written then.
+    exactly; the output is not written then. (:func:`tripled_tf.models.pretrained.convert_checkpoint`,
+    which the encoder presets run too.)
     """
-    if num_layers not in RESNET_SPECS:
-        raise ValueError(f"num_layers must be one of {sorted(RESNET_SPECS)}, got {num_layers}")
-    obj = torch_checkpoint.read_checkpoint(input_path)
-    state = pretrained.extract_backbone(obj, source=source, path=input_path)
-    # Strict check against a real encoder, so a written file is always loadable.
-    encoder = ResNetEncoder(num_layers=num_layers, name=f"resnet{num_layers}_check")
-    try:
-        pretrained.load_encoder_weights(encoder, state)
-    except pretrained.CheckpointError as error:
-        raise pretrained.CheckpointError(f"{input_path} (backbone found with source={source}): "
-                                         f"{error}") from None
-    pretrained.save_state_npz(state, output_path)
-    return len(state)
+    return pretrained.convert_checkpoint(input_path, output_path, num_layers, source)
 
 
 def main(argv):

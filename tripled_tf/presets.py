@@ -1,30 +1,41 @@
-"""Published models by name: ``tripled_tf.load("monodepth2:mono_640x192")``.
+"""Published weights by name: whole models (``tripled_tf.load("monodepth2:mono_640x192")``) and encoder
+initialisations (``--encoder_weights=swav|supervised|moco``).
 
-On first use the published archive is fetched from its original address (``keras.utils.get_file``),
-checked against its checksum (Monodepth2 publishes MD5 sums for the nine KITTI Eigen models; for the
-others the SHA-256 of the first download is recorded and every later use is checked against it),
-converted (``tripled_tf.convert``) and cached; later uses load the cached run folder.
+Models: on first use the published archive is fetched from its original address, checked against its
+checksum (Monodepth2 publishes MD5 sums for the nine KITTI Eigen models; for the others the SHA-256 of
+the first download is recorded and every later use is checked against it), converted
+(``tripled_tf.convert``) and cached; later uses load the cached run folder.
 
-Cache: ``$TRIPLED_TF_CACHE`` (default ``~/.cache/tripled_tf``): ``downloads/<archive>`` and
-``converted/<name>/`` (a normal run folder). ``TRIPLED_TF_OFFLINE=1`` forbids downloads: a preset not
-in the cache then fails with one line naming the URL, the file and where to place it, as does a
-download that fails (no network).
+Encoders (:func:`fetch_encoder`, called by ``train_sources.resolve_weights`` when
+``<weights_dir>/<init>_resnet<layers>.npz`` is missing): the publisher's checkpoint is fetched from its
+original address (torchvision: the SHA-256 prefix in its file name; MoCo: the MD5 prefix of its README;
+SwAV publishes none, so the first download's SHA-256 is recorded), converted as
+``python -m tools.convert_resnet_weights`` does and cached as ``encoders/<init>_resnet<layers>.npz``.
+SimCLR has no stable official address of a torchvision-layout checkpoint (Google's are TensorFlow
+checkpoints), and SwAV and MoCo published ResNet-50s only: those stay files to convert by hand.
+
+Cache: ``$TRIPLED_TF_CACHE`` (default ``~/.cache/tripled_tf``): ``downloads/<file>`` (the published
+files, as published), ``converted/<name>/`` (a normal run folder) and ``encoders/<init>_resnet<layers>.npz``.
+``TRIPLED_TF_OFFLINE=1`` forbids downloads: what is not in the cache then fails with one line naming the
+URL, the file and where to place it, as does a download that fails (no network). Downloading, resuming
+and checking: :mod:`tripled_tf.downloads`.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import pathlib
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
-OFFLINE_ENV = "TRIPLED_TF_OFFLINE"
-CACHE_ENV = "TRIPLED_TF_CACHE"
+from tripled_tf import downloads
+from tripled_tf.downloads import CACHE_ENV, OFFLINE_ENV, cache_dir  # noqa: F401 (public names)
+
 _MD2 = "https://storage.googleapis.com/niantic-lon-static/research/monodepth2/"
+_TORCHVISION = "https://download.pytorch.org/models/"
 
 
-class PresetError(ValueError):
-    """A preset that cannot be fetched or verified (the message says what to do)."""
+class PresetError(downloads.DownloadError):
+    """A preset that cannot be fetched or verified (one line: what to do); a ValueError."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,52 +85,6 @@ def is_preset_name(path) -> bool:
     return isinstance(text, str) and text in PRESETS and not os.path.exists(text)
 
 
-def cache_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get(CACHE_ENV) or pathlib.Path.home() / ".cache" / "tripled_tf")
-
-
-def _digest(path: pathlib.Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _verify(name: str, preset: Preset, archive: pathlib.Path) -> None:
-    """The published MD5, or the SHA-256 recorded at the first download (recorded now if absent)."""
-    if preset.md5:
-        if _digest(archive, "md5") != preset.md5:
-            raise PresetError(f"{archive}: MD5 differs from the published {preset.md5} for {name} "
-                              f"(a corrupt or partial download); delete it to download again")
-        return
-    record = archive.with_name(archive.name + ".sha256")
-    actual = _digest(archive, "sha256")
-    if not record.exists():
-        record.write_text(actual + "\n")
-    elif record.read_text().strip() != actual:
-        raise PresetError(f"{archive}: SHA-256 differs from the one recorded at its first download "
-                          f"({record}); delete both to download again")
-
-
-def _download(name: str, preset: Preset, archive: pathlib.Path) -> None:
-    where = (f"download {preset.url} and place it at {archive}")
-    if os.environ.get(OFFLINE_ENV, "").strip() not in ("", "0"):
-        raise PresetError(f"{name}: not in the cache and downloads are off ({OFFLINE_ENV} is set); "
-                          f"{where}")
-    import keras
-
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        keras.utils.get_file(archive.name, preset.url, cache_dir=str(archive.parent.parent),
-                             cache_subdir=archive.parent.name, file_hash=preset.md5,
-                             hash_algorithm="md5" if preset.md5 else "auto")
-    except Exception as error:  # URLError, HTTPError, OSError, a hash mismatch: all one line
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise PresetError(f"{name}: download failed ({message}); on a machine without network, "
-                          f"{where}") from None
-
-
 def fetch(name: str) -> pathlib.Path:
     """The converted run folder of preset ``name``, downloading and converting it on first use."""
     if name not in PRESETS:
@@ -129,11 +94,96 @@ def fetch(name: str) -> pathlib.Path:
     converted = root / "converted" / name.replace(":", "_")
     if (converted / "config.json").is_file():
         return converted
-    archive = root / "downloads" / preset.file_name
-    if not archive.is_file():
-        _download(name, preset, archive)
-    _verify(name, preset, archive)
+    try:
+        archive = downloads.fetch(preset.url, root / "downloads" / preset.file_name,
+                                  md5=preset.md5 or "")
+    except downloads.DownloadError as error:
+        raise PresetError(f"{name}: {error}") from None
     from tripled_tf import convert
 
-    convert.convert(preset.source, archive, converted, overwrite=True)
+    with downloads.file_lock(converted):  # one conversion at a time into the same folder
+        if not (converted / "config.json").is_file():
+            convert.convert(preset.source, archive, converted, overwrite=True)
+    return converted
+
+
+# --------------------------------------------------------------------------------------------------
+# Encoder initialisations (--encoder_weights, --pose_encoder_weights, --extractor_weights)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderCheckpoint:
+    """A published ResNet checkpoint: its address, its layout (``pretrained.SOURCES``) and its
+    published checksum or checksum prefix ("" where none is published)."""
+    url: str
+    source: str
+    md5: str = ""
+    sha256: str = ""
+
+    @property
+    def file_name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+# (init name, ResNet depth) -> the checkpoint the references start from. torchvision's IMAGENET1K_V1
+# files (the same weights the references' torchvision loaded; these are the current zip-format copies)
+# carry the first 8 hex digits of their SHA-256 in the file name. MoCo's README publishes the first 8
+# of the MD5; SwAV's none. SwAV and MoCo published ResNet-50s only.
+ENCODER_CHECKPOINTS: Dict[Tuple[str, int], EncoderCheckpoint] = {
+    ("supervised", 18): EncoderCheckpoint(_TORCHVISION + "resnet18-f37072fd.pth", "torchvision",
+                                          sha256="f37072fd"),
+    ("supervised", 34): EncoderCheckpoint(_TORCHVISION + "resnet34-b627a593.pth", "torchvision",
+                                          sha256="b627a593"),
+    ("supervised", 50): EncoderCheckpoint(_TORCHVISION + "resnet50-0676ba61.pth", "torchvision",
+                                          sha256="0676ba61"),
+    ("supervised", 101): EncoderCheckpoint(_TORCHVISION + "resnet101-63fe2227.pth", "torchvision",
+                                           sha256="63fe2227"),
+    # SwAV, 800 epochs (ImageNet linear top-1 75.3); the paper does not state the length, and this
+    # longest run is the default (docs/method.md).
+    ("swav", 50): EncoderCheckpoint("https://dl.fbaipublicfiles.com/deepcluster/"
+                                    "swav_800ep_pretrain.pth.tar", "swav"),
+    # MoCo v2, 800 epochs (71.1).
+    ("moco", 50): EncoderCheckpoint("https://dl.fbaipublicfiles.com/moco/moco_checkpoints/"
+                                    "moco_v2_800ep/moco_v2_800ep_pretrain.pth.tar", "moco",
+                                    md5="a04e12f8"),
+}
+
+# Display names for messages.
+PUBLISHERS = {"supervised": "torchvision", "swav": "SwAV", "moco": "MoCo", "simclr": "SimCLR"}
+
+
+def published_depths(init: str) -> Tuple[int, ...]:
+    """The ResNet depths for which ``init`` has a published checkpoint here (() for simclr)."""
+    return tuple(sorted(layers for name, layers in ENCODER_CHECKPOINTS if name == init))
+
+
+def encoder_cache_path(init: str, num_layers: int) -> pathlib.Path:
+    """Where :func:`fetch_encoder` keeps the converted .npz."""
+    return cache_dir() / "encoders" / f"{init}_resnet{num_layers}.npz"
+
+
+def fetch_encoder(init: str, num_layers: int) -> pathlib.Path:
+    """The converted .npz of the published ``init`` ResNet-``num_layers`` (torchvision keys, torch
+    layout, as ``tools/convert_resnet_weights.py`` writes it), downloading and converting on first use.
+
+    Raises:
+      KeyError: nothing published for (init, num_layers) (see :data:`ENCODER_CHECKPOINTS`).
+      PresetError: download refused (offline), failed or not matching its checksum (one line with the
+        URL and where to place the file).
+      CheckpointError: the downloaded file holds no fitting ResNet backbone.
+    """
+    converted = encoder_cache_path(init, num_layers)
+    if converted.is_file():
+        return converted
+    checkpoint = ENCODER_CHECKPOINTS[(init, num_layers)]
+    try:
+        archive = downloads.fetch(checkpoint.url, cache_dir() / "downloads" / checkpoint.file_name,
+                                  md5=checkpoint.md5, sha256=checkpoint.sha256)
+    except downloads.DownloadError as error:
+        raise PresetError(f"{PUBLISHERS[init]} ResNet-{num_layers}: {error}") from None
+    from tripled_tf.models import pretrained
+
+    with downloads.file_lock(converted):  # one conversion at a time (training workers)
+        if not converted.is_file():  # another process may have converted it meanwhile
+            pretrained.convert_checkpoint(archive, converted, num_layers, checkpoint.source)
     return converted

@@ -73,17 +73,20 @@ class TrainConfig:
                                "below this (static camera).")
     skip_bad_frames: bool = option(False, "Skip and count unreadable / missing frames instead of "
                                    "stopping with an error naming the file.")
-    # Pretrained encoders: an init name (-> <weights_dir>/<init>_resnet<layers>.npz) or a path;
-    # "" / "none" = random init. Pose and extractor follow the depth encoder's init name when empty.
+    # Pretrained encoders: an init name (-> <weights_dir>/<init>_resnet<layers>.npz, else the published
+    # checkpoint downloaded and converted into the cache) or a path; "" / "none" = random init. Pose
+    # and extractor follow the depth encoder's init name when empty.
     encoder_weights: str = option("", "Depth-encoder init: swav | supervised | moco | simclr (-> "
-                                  "<weights_dir>/<init>_resnet<layers>.npz from tools/convert_resnet_"
-                                  "weights.py), a weights path, or none (random).")
+                                  "<weights_dir>/<init>_resnet<layers>.npz if there, else the "
+                                  "published checkpoint, downloaded and converted into "
+                                  "$TRIPLED_TF_CACHE on first use), a weights path, or none (random).")
     pose_encoder_weights: str = option("", "Pose-encoder init, as above; empty = follow "
                                        "--encoder_weights' init name (swav -> supervised: there is "
                                        "no SwAV ResNet-18).")
     extractor_weights: str = option("", "Feature-extractor init, as above; empty = follow "
                                     "--encoder_weights' init name.")
-    weights_dir: str = option("weights", "Folder where init names resolve to converted weights.")
+    weights_dir: str = option("weights", "Folder where init names resolve to converted weights "
+                              "first (before the download cache).")
     init_checkpoint: str = option("", "Start from the weights of a run folder, e.g. a published model "
                                   "converted with python -m tripled_tf.convert (replaces "
                                   "--encoder_weights).")

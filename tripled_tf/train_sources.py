@@ -11,6 +11,7 @@ from typing import Optional
 
 import numpy as np
 
+from tripled_tf import presets
 from tripled_tf.data import kitti, pipeline, synthetic, video
 from tripled_tf.data.records import BAD_LIDAR, UNREADABLE_FILE, BadInputError, SkipReport
 from tripled_tf.models import pretrained
@@ -19,7 +20,8 @@ from tripled_tf.models.tripled_net import TripleDConfig, TripleDNet
 from tripled_tf.train_config import TrainConfig
 
 # Named initialisations (docs/method.md §1.2) resolve to <weights_dir>/<init>_resnet<layers>.npz, the files
-# tools/convert_resnet_weights.py writes.
+# tools/convert_resnet_weights.py writes; where that file is missing, the published checkpoint is
+# downloaded and converted into the cache (tripled_tf.presets.fetch_encoder).
 INITS = ("swav", "supervised", "moco", "simclr")
 
 
@@ -35,22 +37,43 @@ def model_class(model_config: DepthModelConfig) -> type:
 def resolve_weights(spec: str, num_layers: int, weights_dir: str, flag: str) -> Optional[str]:
     """Path of the pretrained weights named by ``spec`` for a ResNet-``num_layers``, or None.
 
-    ``spec``: "" / "none" (random init), an init name of ``INITS`` (-> <weights_dir>/<init>_resnet
-    <layers>.npz, which must exist) or a path.
+    ``spec``: "" / "none" (random init), a path, or an init name of ``INITS``, which resolves to
+    ``<weights_dir>/<init>_resnet<layers>.npz`` where that file exists (a conversion of one's own
+    wins), else to the published checkpoint downloaded and converted into the cache on first use
+    (``$TRIPLED_TF_CACHE/encoders/<init>_resnet<layers>.npz``, :func:`tripled_tf.presets.fetch_encoder`).
+
+    Raises:
+      CheckpointError (one line): nothing published for that init and depth (SwAV and MoCo: ResNet-50
+      only; SimCLR: no stable address), downloads off or failed (the line names the URL, the file to
+      place and where), or a downloaded file that does not convert.
     """
     spec = (spec or "").strip()
     if not spec or spec.lower() == "none":
         return None
-    if spec.lower() in INITS:
-        path = pathlib.Path(weights_dir) / f"{spec.lower()}_resnet{num_layers}.npz"
-        if not path.is_file():
-            raise pretrained.CheckpointError(
-                f"--{flag}={spec}: {path} does not exist; convert the published {spec} ResNet-"
-                f"{num_layers} checkpoint once with: python -m tools.convert_resnet_weights "
-                f"--input=CHECKPOINT --output={path} --num_layers={num_layers} (README: Pretrained "
-                f"encoders), or pass --{flag}=none for random init")
+    if spec.lower() not in INITS:
+        return spec
+    init = spec.lower()
+    path = pathlib.Path(weights_dir) / f"{init}_resnet{num_layers}.npz"
+    if path.is_file():
         return str(path)
-    return spec
+    convert_own = (f"convert a ResNet-{num_layers} checkpoint into that file with: python -m "
+                   f"tools.convert_resnet_weights --input=CHECKPOINT --output={path} "
+                   f"--num_layers={num_layers} (docs/training.md: Pretrained encoders)")
+    depths = presets.published_depths(init)
+    if num_layers not in depths:
+        published = (f"{presets.PUBLISHERS[init]} published no ResNet-{num_layers} to download (only "
+                     f"{', '.join(f'ResNet-{d}' for d in depths)})" if depths else
+                     f"{presets.PUBLISHERS[init]} has no official download address of a torchvision-"
+                     f"layout checkpoint")
+        raise pretrained.CheckpointError(f"--{flag}={spec}: {path} does not exist and {published}; "
+                                         f"{convert_own}, or pass --{flag}=none for random init")
+    try:
+        return str(presets.fetch_encoder(init, num_layers))
+    except presets.PresetError as error:
+        # The download's line names the URL and where to place the file; a file placed there is
+        # converted on the next run.
+        raise pretrained.CheckpointError(f"--{flag}={spec}: {path} does not exist; {error} (converted "
+                                         f"on the next run); or {convert_own}") from None
 
 
 def pretrained_encoders(config: TrainConfig, model: MonoDepthModel):

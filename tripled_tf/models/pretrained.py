@@ -34,7 +34,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 
 from tripled_tf.atomic_files import atomic_write
-from tripled_tf.models.resnet import ResNetEncoder, torchvision_key_map
+from tripled_tf.models.resnet import RESNET_SPECS, ResNetEncoder, torchvision_key_map
 from tripled_tf.models.torch_checkpoint import CheckpointError, read_checkpoint
 
 StateDict = Dict[str, np.ndarray]
@@ -275,3 +275,31 @@ def save_state_npz(state: Mapping[str, np.ndarray], path) -> None:
     """Writes {torchvision key: array} as an uncompressed .npz (float32, torch layout), atomically."""
     arrays = {k: np.asarray(v, np.float32) for k, v in sorted(state.items())}
     atomic_write(path, lambda handle: np.savez(handle, **arrays))
+
+
+def convert_checkpoint(input_path, output_path, num_layers: int, source: str = "auto") -> int:
+    """Converts a published ResNet checkpoint into the .npz the encoders load; returns the number of
+    backbone tensors written.
+
+    What ``python -m tools.convert_resnet_weights`` and the encoder presets
+    (``--encoder_weights=swav|supervised|moco``, :func:`tripled_tf.presets.fetch_encoder`) run: read
+    the file (zip or legacy), strip the publisher's wrappers and heads (:func:`extract_backbone`),
+    check strictly that the backbone fills every variable of a ResNet-``num_layers`` and write it with
+    :func:`save_state_npz` (torchvision keys, float32, torch layout).
+
+    Raises:
+      CheckpointError (a ValueError) if the checkpoint does not fill a ResNet-``num_layers`` exactly;
+      the output is not written then.
+    """
+    if num_layers not in RESNET_SPECS:
+        raise ValueError(f"num_layers must be one of {sorted(RESNET_SPECS)}, got {num_layers}")
+    state = load_torchvision_state(input_path, source=source)
+    # Strict check against a real encoder, so a written file is always loadable.
+    encoder = ResNetEncoder(num_layers=num_layers, name=f"resnet{num_layers}_check")
+    try:
+        load_encoder_weights(encoder, state)
+    except CheckpointError as error:
+        raise CheckpointError(f"{os.fspath(input_path)} (backbone found with source={source}): "
+                              f"{error}") from None
+    save_state_npz(state, output_path)
+    return len(state)
