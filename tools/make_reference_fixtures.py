@@ -6,6 +6,9 @@ and is run once, in a separate environment, e.g.
     python -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch numpy torchvision
     /tmp/torchenv/bin/python tools/make_reference_fixtures.py --monodepth2=/tmp/monodepth2 \\
         --featdepth=/tmp/FeatDepth --output=tests/fixtures
+    /tmp/torchenv/bin/python tools/make_reference_fixtures.py --tripled=/tmp/TripleD  # torch + numpy only
+
+Each of --monodepth2, --featdepth, --tripled writes that reference's fixtures only.
 
 For each reference model it builds the reference network from the reference code at a tiny input
 size, fills it with the seeded weights of tools/reference_weights.py (random BatchNorm statistics; the
@@ -21,8 +24,14 @@ FeatDepth (sconlyshootery/FeatDepth, mono/model/mono_fm) is one mmcv checkpoint:
 describes "featdepth.pth" with the mono_fm attribute prefixes (DepthEncoder., DepthDecoder.,
 PoseEncoder., PoseDecoder., extractor.); its depth.npy is its evaluation's: disp_to_depth of disp_0
 (at H/2) resized bilinearly to H x W, inverted. Its pose net sees the frames resized to 192x640.
-It also writes <output>/torch_format/{zip,legacy}.pth: a small checkpoint saved by torch.save in both
-serialisations, for the reader's tests.
+TripleD (ufukpage/TripleD-...-Representation-Learning) is one mmcv checkpoint too: the whole model of a
+mono_fm_joint* class (TRIPLED_VARIANTS: the main model's class and switches, and the D2G config's), built
+from TripleD's own net.py with mmcv's Config imitated, ResNet-18 everywhere; layout.json describes
+"tripled.pth" (its model.state_dict()), and besides the disparities and the pose it stores what the other
+branches give for the same input: appearance_0.npy (ColorDecoder's full-size reconstruction),
+extractor_res_0.npy (Encoder -> Decoder), pretext.npy (DepthToGray on σ_0 resized to H x W).
+With --monodepth2 or --featdepth it also writes <output>/torch_format/{zip,legacy}.pth: a small
+checkpoint saved by torch.save in both serialisations, for the reader's tests.
 
 torchvision is used for its ResNet code only; its package __init__ (compiled ops, PIL) is bypassed
 because the models module is all the references need.
@@ -245,6 +254,136 @@ def featdepth_fixture(torch, repo, output, name, depth_layers):
         json.dump(record, f, indent=1)
 
 
+def import_tripled(repo):
+    """TripleD's model classes (mono/model/mono_fm_joint*/net.py) without the package __init__ files,
+    which import the training registry, mmcv and a segmentation package missing from the repository.
+    Stubbed: the HRNet encoder module (imports torchvision's download helpers and matplotlib; only the
+    use_diffnet switch needs it) and torchvision (only tv.transforms.Grayscale is referenced, by the
+    D2G head's use_lab=False path)."""
+    for name in ("mono", "mono.model", "mono.model.mono_fm_joint", "mono.model.mono_fm_joint_inpaint"):
+        module = types.ModuleType(name)
+        module.__path__ = [os.path.join(repo, *name.split("."))]
+        sys.modules[name] = module
+    hrnet = types.ModuleType("mono.model.mono_fm_joint.diffnet_encoder")
+    hrnet._hrnet = None
+    sys.modules[hrnet.__name__] = hrnet
+    if "torchvision" not in sys.modules:
+        torchvision = types.ModuleType("torchvision")
+        torchvision.transforms = types.SimpleNamespace(Grayscale=None)
+        sys.modules["torchvision"] = torchvision
+    from mono.model.mono_fm_joint_inpaint import net
+    return net
+
+
+class MmcvOptions(dict):
+    """The part of mmcv's Config that TripleD's models use: attribute and item access, .get."""
+    __getattr__ = dict.__getitem__
+
+
+# TripleD variants: (model class, its options beyond the shared ones). "tripled_r18" is the main model
+# (cfg_kitti_tripleD.py: mono_fm_joint_inpaint_disentangle, level 5 split in halves, appearance decoder
+# without encoder skips, jointly trained extractor) with ResNet-18 everywhere; "tripled_d2g_r18" the
+# D2G row's released config (cfg_kitti_fm_joint_inpaint_distill_gs.py: no split, no appearance
+# decoder, perception_weight=0 deletes the extractor, DepthToGray head on the disparity).
+TRIPLED_VARIANTS = {
+    "tripled_r18": ("mono_fm_joint_inpaint_disentangle", dict(
+        perception_weight=1e-3, disentangle_layers=[False, False, False, False, True],
+        skip_connection_multiplier=1, depth_skip_type=None, color_skip_type=None,
+        color_skip_layers=[False, False, False, False], depth_use_shuffle=False,
+        depth_disentangle_type="use_half", freeze_extractor=False, auto_res_weight=5e-3)),
+    "tripled_d2g_r18": ("mono_fm_joint_inpaint_distill_gs", dict(
+        perception_weight=0, d2g_weight=5e-3, use_lab=True, use_normal=False, use_mask=False)),
+}
+
+
+def tripled_fixture(torch, repo, output, name, depth_layers=18):
+    import torch.nn.functional as F
+
+    net = import_tripled(repo)
+    class_name, extra = TRIPLED_VARIANTS[name]
+    options = MmcvOptions(
+        depth_num_layers=depth_layers, pose_num_layers=18, extractor_num_layers=depth_layers,
+        depth_pretrained_path=None, pose_pretrained_path=None, extractor_pretrained_path=None,
+        frame_ids=[0, -1, 1], imgs_per_gpu=1, height=HEIGHT, width=WIDTH, scales=[0, 1, 2, 3],
+        min_depth=0.1, max_depth=100.0, automask=True, disp_norm=True, dis=1e-3, cvt=1e-3,
+        smoothness_weight=1e-3, **extra)
+    torch.manual_seed(0)
+    model = getattr(net, class_name)(options)
+    seed = SEED + 2000 + depth_layers + 100 * list(TRIPLED_VARIANTS).index(name)
+    rng = np.random.default_rng(seed)
+    image = rng.uniform(0.0, 1.0, (1, HEIGHT, WIDTH, 3)).astype(np.float32)
+    frames = rng.uniform(0.0, 1.0, (2, HEIGHT, WIDTH, 3)).astype(np.float32)
+    to_torch = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
+    layout = layout_of(model)  # the mmcv checkpoint's state_dict: keys named after net.py's attributes
+
+    def load(scales, offsets):
+        state = seeded_state(seed, layout, scales, offsets)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+        model.eval()
+
+    def depth_outputs():
+        # TripleD's eval-mode forward: encoder -> depth_skip_layer_* (the split) -> DepthDecoder.
+        return model({("color_aug", 0, 0): to_torch(image)})
+
+    # Disparity heads calibrated stage by stage, deepest first (as for FeatDepth).
+    scales, offsets = {}, {}
+    for stage in (4, 3, 2, 1):
+        load(scales, offsets)
+        logits = []
+        hook = getattr(model.DepthDecoder, f"disp{stage}")[0].register_forward_hook(
+            lambda m, i, o: logits.append(o.detach().numpy()))
+        with torch.no_grad():
+            depth_outputs()
+        hook.remove()
+        factor = float(DISP_LOGIT_STD / max(logits[0].std(), 1e-6))
+        scales[f"DepthDecoder.disp{stage}.0.conv.weight"] = factor
+        scales[f"DepthDecoder.disp{stage}.0.conv.bias"] = factor
+        offsets[f"DepthDecoder.disp{stage}.0.conv.bias"] = -factor * float(logits[0].mean())
+    load(scales, offsets)
+
+    folder = os.path.join(output, name)
+    os.makedirs(folder, exist_ok=True)
+    save = lambda file_name, array: np.save(os.path.join(folder, file_name), array)
+    with torch.no_grad():
+        outputs = depth_outputs()
+        disps = [outputs[("disp", 0, s)] for s in range(4)]
+        for s, disp in enumerate(disps):
+            save(f"disp_{s}.npy", nhwc(disp))
+            print(f"{name} disp_{s}: {tuple(disp.shape)} min {disp.min():.4f} max {disp.max():.4f}")
+        # scripts/eval_depth.py: disp_to_depth(disp, 0.1, 100), resized bilinearly, inverted.
+        scaled = 1 / 100.0 + (1 / 0.1 - 1 / 100.0) * disps[0]
+        scaled = F.interpolate(scaled, size=(HEIGHT, WIDTH), mode="bilinear", align_corners=False)
+        save("depth.npy", (1.0 / scaled)[0, 0].numpy().astype(np.float32))
+        if hasattr(model, "ColorDecoder"):
+            # The training-mode lines of mono_fm_joint_inpaint_disentangle.forward (color_skip_type
+            # None): the appearance half of each split level, the disparities added inside.
+            scene = model.DepthEncoder(to_torch(image))
+            color = [e[:, e.size(1) // 2:] if flag else e
+                     for e, flag in zip(scene, options.disentangle_layers)]
+            appearance = model.ColorDecoder(color, dict(outputs), skip_layers=options.color_skip_layers)
+            save("appearance_0.npy", nhwc(appearance[("auto_res_img", 0, 0)]))
+        if hasattr(model, "Encoder"):
+            # The extractor sees the raw frame; its decoder reconstructs from level 5.
+            save("extractor_res_0.npy", nhwc(model.Decoder(model.Encoder(to_torch(image)), 0)[
+                ("res_img", 0, 0)]))
+        if hasattr(model, "DepthToGray"):
+            # compute_distill_gs_loss (use_normal=False, use_mask=False): σ_0 resized to H x W.
+            disp = F.interpolate(disps[0], [HEIGHT, WIDTH], mode="bilinear", align_corners=False)
+            save("pretext.npy", nhwc(model.DepthToGray(disp)))
+        pair = [F.interpolate(to_torch(frames[i:i + 1]), [192, 640], mode="bilinear",
+                              align_corners=False) for i in range(2)]
+        axisangle, translation = model.PoseDecoder(model.PoseEncoder(torch.cat(pair, 1)))
+        save("axisangle.npy", axisangle[:, 0, 0].numpy())
+        save("translation.npy", translation[:, 0, 0].numpy())
+    save("pose_input.npy", frames)
+    save("input.npy", image)
+    record = {"reference": f"ufukpage/TripleD {class_name}", "seed": seed, "height": HEIGHT,
+              "width": WIDTH, "depth_layers": depth_layers, "options": dict(options),
+              "scales": scales, "offsets": offsets, "files": {"tripled.pth": layout}}
+    with open(os.path.join(folder, "layout.json"), "w") as f:
+        json.dump(record, f, indent=1)
+
+
 def torch_format_fixture(torch, output):
     """A small checkpoint in both serialisations; the test knows every value from first principles:
     base = arange(12).reshape(3, 4) and its transpose (a strided view of the same storage), halves,
@@ -265,18 +404,28 @@ def torch_format_fixture(torch, output):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--monodepth2", required=True, help="checkout of nianticlabs/monodepth2")
-    parser.add_argument("--featdepth", required=True, help="checkout of sconlyshootery/FeatDepth")
+    parser.add_argument("--monodepth2", help="checkout of nianticlabs/monodepth2")
+    parser.add_argument("--featdepth", help="checkout of sconlyshootery/FeatDepth")
+    parser.add_argument("--tripled", help="checkout of ufukpage/TripleD-Exploring-Depth-Estimation-"
+                        "with-Self-Supervised-Representation-Learning")
     parser.add_argument("--output", default="tests/fixtures")
     args = parser.parse_args()
+    if not (args.monodepth2 or args.featdepth or args.tripled):
+        parser.error("name at least one reference checkout (--monodepth2, --featdepth, --tripled)")
     import torch
 
     torch.set_num_threads(1)
-    import_torchvision_models()
-    torch_format_fixture(torch, args.output)
-    monodepth2_fixture(torch, args.monodepth2, args.output, "monodepth2_r18", 18, with_pose=True)
-    monodepth2_fixture(torch, args.monodepth2, args.output, "monodepth2_r50", 50, with_pose=False)
-    featdepth_fixture(torch, args.featdepth, args.output, "featdepth_r18", 18)
+    if args.monodepth2 or args.featdepth:
+        import_torchvision_models()
+        torch_format_fixture(torch, args.output)
+    if args.monodepth2:
+        monodepth2_fixture(torch, args.monodepth2, args.output, "monodepth2_r18", 18, with_pose=True)
+        monodepth2_fixture(torch, args.monodepth2, args.output, "monodepth2_r50", 50, with_pose=False)
+    if args.featdepth:
+        featdepth_fixture(torch, args.featdepth, args.output, "featdepth_r18", 18)
+    if args.tripled:
+        for name in TRIPLED_VARIANTS:
+            tripled_fixture(torch, args.tripled, args.output, name)
 
 
 if __name__ == "__main__":
