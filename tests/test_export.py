@@ -221,10 +221,7 @@ def test_tflite_metadata_and_float_head(tflite_models, keras_run):
     assert "RESIZE_NEAREST_NEIGHBOR" not in operators  # concatenation + depth-to-space (XNNPACK's)
 
 
-@pytest.mark.parametrize("mode", ["none", pytest.param("int8", marks=pytest.mark.xfail(
-    strict=True, reason="issue 20, open: with the upsampling fixed, the int8 TripleDNet graph is still "
-    "split into 4 XNNPACK partitions, once per decoder stage (the int8 LOGISTIC / LEAKY_RELU / "
-    "requantising QUANTIZE of the intermediate disparities are the suspects)"))])
+@pytest.mark.parametrize("mode", ["none", "int8"])
 def test_xnnpack_takes_the_whole_network_in_one_partition(mode, tflite_models):
     # Every operator XNNPACK does not take ends a partition (and runs a reference kernel): the
     # interpreter lists one DELEGATE node per XNNPACK partition after the model's own nodes.

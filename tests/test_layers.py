@@ -193,3 +193,31 @@ def test_upsampling_switch_changes_the_traced_ops_only_inside_the_context():
     with layers.upsampling_by_depth_to_space():
         assert tflite_ops() == {"CONCATENATION", "DEPTH_TO_SPACE"}
     assert "RESIZE_NEAREST_NEIGHBOR" in tflite_ops()
+
+
+@pytest.mark.parametrize("padding_mode", ["reflect", "zero"])
+def test_convolution_over_parts_equals_the_convolution_of_their_concatenation(padding_mode):
+    rng = np.random.default_rng(3)
+    parts = [tf.constant(rng.normal(size=(2, 5, 6, c)), tf.float32) for c in (3, 4, 1)]
+    conv = layers.Conv3x3(6, padding_mode=padding_mode)
+    whole = conv(tf.concat(parts, axis=-1)).numpy()
+    # Outside the context: the layer on the concatenation, the same ops, so the same bits.
+    np.testing.assert_array_equal(conv.of_concatenation(parts).numpy(), whole)
+    # By hand, from the definition: the sum over input channels splits into a sum over the parts.
+    kernel, bias = conv.conv.kernel.numpy(), conv.conv.bias.numpy()
+    padded = np.concatenate([np.pad(p.numpy(), [(0, 0), (1, 1), (1, 1), (0, 0)],
+                                    mode="reflect" if padding_mode == "reflect" else "constant")
+                             for p in parts], axis=-1)
+    by_hand = np.zeros(whole.shape, np.float64) + bias
+    for dy in range(3):
+        for dx in range(3):
+            by_hand += padded[:, dy:dy + 5, dx:dx + 6, :] @ kernel[dy, dx].astype(np.float64)
+    np.testing.assert_allclose(whole, by_hand, rtol=1e-5, atol=1e-5)
+    with layers.convolutions_over_parts():
+        split = conv.of_concatenation(parts).numpy()
+        ops = {op.type for op in tf.function(conv.of_concatenation).get_concrete_function(
+            [tf.TensorSpec(p.shape, tf.float32) for p in parts]).graph.get_operations()}
+    assert "ConcatV2" not in ops and len([t for t in ops if t.startswith("Conv2D")]) == 1, ops
+    np.testing.assert_allclose(split, by_hand, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="parts have 7 channels"), layers.convolutions_over_parts():
+        conv.of_concatenation(parts[:2])

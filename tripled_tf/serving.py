@@ -36,7 +36,7 @@ import tensorflow as tf
 
 from tripled_tf.atomic_files import replace_folder
 from tripled_tf.conventions import KITTI_NORMALIZED_INTRINSICS
-from tripled_tf.models.layers import reflect_padding_by_concatenation, upsampling_by_depth_to_space
+from tripled_tf.models.layers import edge_lowerings
 
 SERVING_SIGNATURE = "serving_default"
 ENCODED_SIGNATURE = "serving_encoded"
@@ -245,7 +245,7 @@ def write_saved_model(archive: keras.export.ExportArchive, output, metadata: Dic
     try:
         target = staging / "saved_model"
         # The endpoints are traced while saving: XNNPACK- and GPU-friendly lowerings (models/layers.py).
-        with reflect_padding_by_concatenation(), upsampling_by_depth_to_space():
+        with edge_lowerings():
             archive.write_out(str(target), verbose=False)
         (target / METADATA_PATH).parent.mkdir(parents=True, exist_ok=True)
         (target / METADATA_PATH).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")

@@ -132,10 +132,12 @@ class DepthDecoder(keras.Model):
         disparities = []
         for stage, skip in enumerate(skips):
             y = self.reduce[stage](skip)
-            if x is not None:
+            if x is None:
+                x = self.iconv[stage](y)
+            else:
                 _check_same_size(y, x, level=5 - stage)
-                y = tf.concat([y, x, disparity], axis=-1)
-            x = tf.nn.leaky_relu(self.iconv[stage](y), alpha=LEAKY_RELU_SLOPE)
+                x = self.iconv[stage].of_concatenation([y, x, disparity])
+            x = tf.nn.leaky_relu(x, alpha=LEAKY_RELU_SLOPE)
             x = self.crp[stage](x)
             x = tf.nn.leaky_relu(self.merge[stage](x), alpha=LEAKY_RELU_SLOPE)
             x = upsample_nearest_2x(x)

@@ -135,6 +135,22 @@ def reflect_padding_by_concatenation():
         _REFLECT_BY_CONCATENATION = previous
 
 
+_CONVOLUTIONS_OVER_PARTS = False
+
+
+@contextlib.contextmanager
+def convolutions_over_parts():
+    """While active, :meth:`Conv3x3.of_concatenation` convolves each part separately and sums, instead
+    of concatenating first (see there: int8 scales, one XNNPACK partition). Training keeps the single
+    convolution (one kernel, faster). Used by the exporter (:func:`edge_lowerings`)."""
+    global _CONVOLUTIONS_OVER_PARTS
+    previous, _CONVOLUTIONS_OVER_PARTS = _CONVOLUTIONS_OVER_PARTS, True
+    try:
+        yield
+    finally:
+        _CONVOLUTIONS_OVER_PARTS = previous
+
+
 def reflect_pad_by_concatenation(x: tf.Tensor, pad: int) -> tf.Tensor:
     """``tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]], "REFLECT")`` built from static slices
     (TFLite STRIDED_SLICE with constant bounds) and concatenations. ``x``: ``[B, H, W, C]``, H, W > pad."""
@@ -185,6 +201,40 @@ class Conv3x3(keras.layers.Layer):
         if self.padding_mode == "zero":
             return self.conv(x)
         return self.conv(_pad_spatial(x, 1, self.padding_mode))
+
+    def of_concatenation(self, parts):
+        """``self(tf.concat(parts, axis=-1))``: the convolution of ``parts`` (``[B, H, W, C_i]`` each)
+        stacked along channels.
+
+        Inside :func:`convolutions_over_parts` (export), one convolution per part with the kernel's
+        input-channel slice, summed, plus the bias: the same sum in another order (float rounding
+        only). Why: int8 TFLite gives a CONCATENATION one scale for all its inputs and propagates it
+        back to their producers; the decoder's concatenation of [skip, upsampled features, sigmoid]
+        gave the features the skip's 3-4x wider scale, and the LEAKY_RELU before them (slope 0.01)
+        then needs an output multiplier below XNNPACK's 1/256, so XNNPACK left it to a reference
+        kernel and split the graph there (4 partitions, one per decoder stage). Per part, each
+        tensor keeps the scale of its own range.
+        """
+        if not _CONVOLUTIONS_OVER_PARTS or not self.built:
+            return self(tf.concat(parts, axis=-1))
+        kernel = tf.convert_to_tensor(self.conv.kernel)
+        total, start = None, 0
+        for part in parts:
+            channels = int(part.shape[-1])
+            if self.padding_mode == "zero":
+                padded, padding = part, "SAME"
+            else:
+                padded, padding = _pad_spatial(part, 1, self.padding_mode), "VALID"
+            term = tf.nn.conv2d(padded, tf.cast(kernel[:, :, start:start + channels, :], part.dtype),
+                                strides=1, padding=padding)
+            total = term if total is None else total + term
+            start += channels
+        if start != kernel.shape[2]:
+            raise ValueError(f"{self.name}: the parts have {start} channels, the kernel takes "
+                             f"{kernel.shape[2]}")
+        if self.use_bias:
+            total = tf.nn.bias_add(total, tf.cast(self.conv.bias, total.dtype))
+        return total
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.filters,)
@@ -274,3 +324,13 @@ class Upsample2x(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         b, h, w, c = input_shape
         return (b, None if h is None else 2 * h, None if w is None else 2 * w, c)
+
+
+@contextlib.contextmanager
+def edge_lowerings():
+    """The exporter's lowerings, all at once, while its signatures are traced: reflection padding
+    by slices, nearest upsampling by DEPTH_TO_SPACE and convolutions over concatenation parts (each
+    computes what training computes; XNNPACK and the GPU backend take the whole graph)."""
+    with reflect_padding_by_concatenation(), upsampling_by_depth_to_space(), convolutions_over_parts():
+        yield
+
