@@ -9,6 +9,13 @@ and is run once, in a separate environment, e.g.
     /tmp/torchenv/bin/python tools/make_reference_fixtures.py --tripled=/tmp/TripleD  # torch + numpy only
 
 Each of --monodepth2, --featdepth, --tripled writes that reference's fixtures only.
+``--monodepth2=CHECKOUT --write_model_dir=DIR [--model_height=192 --model_width=640
+--model_layers=18]`` writes no fixture but a Monodepth2 model folder (encoder.pth + depth.pth, as
+Monodepth2's trainer saves them) of seeded weights by the same recipe (heads calibrated at that
+size), for tools/bench_peer_inference.py:
+
+    /tmp/torchenv/bin/python tools/make_reference_fixtures.py --monodepth2=/tmp/monodepth2 \\
+        --write_model_dir=/tmp/peer/md2_seeded_640x192
 
 For each reference model it builds the reference network from the reference code at a tiny input
 size, fills it with the seeded weights of tools/reference_weights.py (random BatchNorm statistics; the
@@ -98,10 +105,12 @@ def nhwc(tensor):
     return tensor.detach().permute(0, 2, 3, 1).contiguous().numpy().astype(np.float32)
 
 
-def monodepth2_fixture(torch, repo, output, name, depth_layers, with_pose):
-    sys.path.insert(0, repo)
+def seeded_monodepth2(torch, depth_layers, seed, image, with_pose=False):
+    """Monodepth2's ResnetEncoder + DepthDecoder (and pose nets) holding the seeded weights of
+    tools/reference_weights.py, in eval mode, the disparity heads scaled so that their logits on
+    ``image`` ([1, H, W, 3] in [0, 1]) have DISP_LOGIT_STD (measured with unit scale first).
+    Monodepth2's ``networks`` must be importable. Returns (parts {file name: module}, scales)."""
     import networks  # monodepth2's
-    from layers import disp_to_depth
 
     torch.manual_seed(0)
     encoder = networks.ResnetEncoder(depth_layers, False)
@@ -113,13 +122,7 @@ def monodepth2_fixture(torch, repo, output, name, depth_layers, with_pose):
         pose_decoder = networks.PoseDecoder(pose_encoder.num_ch_enc, num_input_features=1,
                                             num_frames_to_predict_for=2)
         parts.update({"pose_encoder.pth": pose_encoder, "pose.pth": pose_decoder})
-    seed = SEED + depth_layers
-    rng = np.random.default_rng(seed)
-    image = rng.uniform(0.0, 1.0, (1, HEIGHT, WIDTH, 3)).astype(np.float32)
-    frames = rng.uniform(0.0, 1.0, (2, HEIGHT, WIDTH, 3)).astype(np.float32)
     to_torch = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
-
-    # Heads scaled so that their logits have DISP_LOGIT_STD: measured with unit scale first.
     scales = {}
     for module in parts.values():
         load_seeded(torch, module, seed, scales)
@@ -137,6 +140,22 @@ def monodepth2_fixture(torch, repo, output, name, depth_layers, with_pose):
         scales[f"decoder.{n}.conv.weight"] = factor
         scales[f"decoder.{n}.conv.bias"] = factor
     load_seeded(torch, decoder, seed, scales)
+    return parts, scales
+
+
+def monodepth2_fixture(torch, repo, output, name, depth_layers, with_pose):
+    sys.path.insert(0, repo)
+    from layers import disp_to_depth  # monodepth2's
+
+    seed = SEED + depth_layers
+    rng = np.random.default_rng(seed)
+    image = rng.uniform(0.0, 1.0, (1, HEIGHT, WIDTH, 3)).astype(np.float32)
+    frames = rng.uniform(0.0, 1.0, (2, HEIGHT, WIDTH, 3)).astype(np.float32)
+    to_torch = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
+    parts, scales = seeded_monodepth2(torch, depth_layers, seed, image, with_pose)
+    encoder, decoder = parts["encoder.pth"], parts["depth.pth"]
+    if with_pose:
+        pose_encoder, pose_decoder = parts["pose_encoder.pth"], parts["pose.pth"]
 
     folder = os.path.join(output, name)
     os.makedirs(folder, exist_ok=True)
@@ -161,6 +180,31 @@ def monodepth2_fixture(torch, repo, output, name, depth_layers, with_pose):
               "scales": scales, "files": {f: layout_of(m) for f, m in parts.items()}}
     with open(os.path.join(folder, "layout.json"), "w") as f:
         json.dump(layout, f, indent=1)
+    sys.path.remove(repo)
+
+
+def monodepth2_model_dir(torch, repo, folder, depth_layers=18, height=192, width=640):
+    """A depth-only Monodepth2 model folder (encoder.pth + depth.pth) as Monodepth2's
+    ``Trainer.save_model`` writes it (state dicts; encoder.pth also holds height, width, use_stereo),
+    with the seeded weights (seed SEED + depth_layers, heads calibrated on a seeded frame of this
+    size), plus seeded_weights.json saying so. For benchmarks (tools/bench_peer_inference.py): the
+    same weights go through ``python -m tripled_tf.convert --from=monodepth2``."""
+    sys.path.insert(0, repo)
+    seed = SEED + depth_layers
+    image = np.random.default_rng(seed).uniform(0.0, 1.0, (1, height, width, 3)).astype(np.float32)
+    parts, scales = seeded_monodepth2(torch, depth_layers, seed, image)
+    os.makedirs(folder, exist_ok=True)
+    for file_name, module in parts.items():
+        state = module.state_dict()
+        if file_name == "encoder.pth":
+            state.update(height=height, width=width, use_stereo=False)
+        torch.save(state, os.path.join(folder, file_name))
+    record = {"reference": "nianticlabs/monodepth2", "seeded_by": "tools/make_reference_fixtures.py",
+              "seed": seed, "height": height, "width": width, "depth_layers": depth_layers,
+              "scales": scales}
+    with open(os.path.join(folder, "seeded_weights.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    print(f"wrote {folder}: Monodepth2 ResNet-{depth_layers} depth model, {width}x{height}, seed {seed}")
     sys.path.remove(repo)
 
 
@@ -409,12 +453,25 @@ def main():
     parser.add_argument("--tripled", help="checkout of ufukpage/TripleD-Exploring-Depth-Estimation-"
                         "with-Self-Supervised-Representation-Learning")
     parser.add_argument("--output", default="tests/fixtures")
+    parser.add_argument("--write_model_dir", help="instead of fixtures: write a seeded Monodepth2 "
+                        "model folder (encoder.pth, depth.pth) here; needs --monodepth2")
+    parser.add_argument("--model_height", type=int, default=192, help="--write_model_dir: height")
+    parser.add_argument("--model_width", type=int, default=640, help="--write_model_dir: width")
+    parser.add_argument("--model_layers", type=int, default=18, choices=(18, 34, 50, 101, 152),
+                        help="--write_model_dir: ResNet depth")
     args = parser.parse_args()
     if not (args.monodepth2 or args.featdepth or args.tripled):
         parser.error("name at least one reference checkout (--monodepth2, --featdepth, --tripled)")
+    if args.write_model_dir and (not args.monodepth2 or args.featdepth or args.tripled):
+        parser.error("--write_model_dir takes --monodepth2 only")
     import torch
 
     torch.set_num_threads(1)
+    if args.write_model_dir:
+        import_torchvision_models()
+        monodepth2_model_dir(torch, args.monodepth2, args.write_model_dir, args.model_layers,
+                             args.model_height, args.model_width)
+        return
     if args.monodepth2 or args.featdepth:
         import_torchvision_models()
         torch_format_fixture(torch, args.output)
