@@ -282,6 +282,17 @@ FEATDEPTH_MIN_DEPTH = 0.1
 FEATDEPTH_MAX_DEPTH = 100.0
 
 
+def _select_pose(parts: Dict, pose: Optional[bool], path: str) -> None:
+    """Drops the pose parts unless asked for (``pose`` True) or present and not refused (``None``);
+    a pose network asked for but absent is an error naming the file."""
+    has_pose = bool(parts["pose_encoder"]) or bool(parts["pose"])
+    if pose and not has_pose:
+        raise CheckpointError(f"{path}: holds no pose network (no PoseEncoder.* / PoseDecoder.*), "
+                              f"but the pose network was asked for")
+    if not (has_pose if pose is None else pose):
+        parts.pop("pose_encoder"), parts.pop("pose")
+
+
 def featdepth_decoder_key_map(decoder) -> Dict[str, object]:
     """{FeatDepth DepthDecoder key (without the prefix): Keras variable} for a built DepthDecoder."""
     key_map = {}
@@ -349,12 +360,7 @@ def read_featdepth(path, pose: Optional[bool] = None) -> dict:
     if not parts["depth_encoder"] or not parts["depth"]:
         raise CheckpointError(f"{path}: not a FeatDepth depth model: no DepthEncoder.* / "
                               f"DepthDecoder.* tensors (its tensors are under {prefixes[:10]})")
-    has_pose = bool(parts["pose_encoder"]) or bool(parts["pose"])
-    if pose and not has_pose:
-        raise CheckpointError(f"{path}: holds no pose network (no PoseEncoder.* / PoseDecoder.*), "
-                              f"but the pose network was asked for")
-    if not (has_pose if pose is None else pose):
-        parts.pop("pose_encoder"), parts.pop("pose")
+    _select_pose(parts, pose, path)
     result = {"file": path, "parts": parts, "skipped": skipped,
               "depth_layers": resnet_depth_from_keys(parts["depth_encoder"], "", path),
               "pose_layers": None}
@@ -644,12 +650,7 @@ def read_tripled(path, pose: Optional[bool] = None,
         raise CheckpointError(f"{path}: not a TripleD depth model: no DepthEncoder.* / DepthDecoder.* "
                               f"tensors (its tensors are under {prefixes[:10]})")
     depth_layers = resnet_depth_from_keys(parts["depth_encoder"], "", path)
-    has_pose = bool(parts["pose_encoder"]) or bool(parts["pose"])
-    if pose and not has_pose:
-        raise CheckpointError(f"{path}: holds no pose network (no PoseEncoder.* / PoseDecoder.*), "
-                              f"but the pose network was asked for")
-    if not (has_pose if pose is None else pose):
-        parts.pop("pose_encoder"), parts.pop("pose")
+    _select_pose(parts, pose, path)
 
     levels = _tripled_split_levels(parts, _resnet_channels(depth_layers), path)
     depth_split = _tripled_depth_split(parts["split"], levels, path)
