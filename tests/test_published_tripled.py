@@ -21,7 +21,7 @@ from test_published import relative_depth_error, write_featdepth_checkpoint, wri
 from torch_files import save_torch
 from tools.reference_weights import seeded_state
 from tripled_tf import checkpoint, convert, geometry
-from tripled_tf.models import published
+from tripled_tf.models import published_tripled
 from tripled_tf.models.torch_checkpoint import CheckpointError
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -145,7 +145,7 @@ def test_tripled_switches_from_keys(tmp_path):
             state[f"depth_skip_layer_4.1.{suffix}"] = rng.uniform(0.5, 1.5, 256).astype("f4")
         state["depth_skip_layer_4.1.num_batches_tracked"] = np.zeros((), np.int64)
     path = write_tripled_checkpoint(tmp_path / "td.pth", edit=projection)
-    read = published.read_tripled(path, color_encoder_skips=[True, False, True, True])
+    read = published_tripled.read_tripled(path, color_encoder_skips=[True, False, True, True])
     assert read["config"]["depth_split"] == "conv1x1"
     assert read["config"]["color_encoder_skips"] == (True, False, True, True)
     assert read["skipped"] == 2  # upconv4_skip's weight and bias
@@ -153,7 +153,7 @@ def test_tripled_switches_from_keys(tmp_path):
     split = FeatureSplit((False,) * 4 + (True,), depth_split="conv1x1")
     shapes = [(1, 32, 48, 64), (1, 16, 24, 64), (1, 8, 12, 128), (1, 4, 6, 256), (1, 2, 3, 512)]
     split([np.zeros(s, np.float32) for s in shapes])
-    assert published.pretrained.assign_strict(published.split_projection_key_map(split),
+    assert published_tripled.pretrained.assign_strict(published_tripled.split_projection_key_map(split),
                                               read["parts"]["split"], path, "split") == 5
     np.testing.assert_array_equal(split.depth_projections[4].conv.kernel.numpy()[0, 0],
                                   read["parts"]["split"]["4.0.conv.weight"][:, :, 0, 0].T)
@@ -162,7 +162,7 @@ def test_tripled_switches_from_keys(tmp_path):
     features = [np.zeros(s[:3] + (s[3] // 2 if i == 4 else s[3],), np.float32)
                 for i, s in enumerate(shapes)]
     decoder(features, [np.zeros((1, 32 // 2 ** s, 48 // 2 ** s, 1), np.float32) for s in range(4)])
-    count = published.pretrained.assign_strict(published.appearance_decoder_key_map(decoder),
+    count = published_tripled.pretrained.assign_strict(published_tripled.appearance_decoder_key_map(decoder),
                                                read["parts"]["appearance"], path, "appearance")
     assert count == 28 + 6  # kernel + bias of 10 ConvBlocks and 4 heads, and of 3 skip ConvBlocks
 
@@ -185,11 +185,11 @@ def test_tripled_missing_and_leftover_tensors(tmp_path):
     def drop(state):
         del state["DepthToGray.0.bn2.running_var"]
     missing = write_tripled_checkpoint(tmp_path / "missing.pth", "tripled_d2g_r18", edit=drop)
-    read = published.read_tripled(missing)
-    model = TripleDNet(published.tripled_model_config(read))
+    read = published_tripled.read_tripled(missing)
+    model = TripleDNet(published_tripled.tripled_model_config(read))
     model.build_for_size(*SIZE)
     with pytest.raises(CheckpointError) as error:
-        published.load_tripled(model, read)
+        published_tripled.load_tripled(model, read)
     message = _one_line(error)
     assert message.startswith(f"{missing} does not match TripleD's d2g head"), message
     assert "Missing keys (1): 0.bn2.running_var" in message
@@ -198,7 +198,7 @@ def test_tripled_missing_and_leftover_tensors(tmp_path):
         state["DepthDecoder.up1.1.weight"] = np.ones((1024, 256, 3, 3), np.float32)
     leftover = write_tripled_checkpoint(tmp_path / "leftover.pth", "tripled_d2g_r18", edit=shuffle)
     with pytest.raises(CheckpointError) as error:
-        published.load_tripled(model, published.read_tripled(leftover))
+        published_tripled.load_tripled(model, published_tripled.read_tripled(leftover))
     message = _one_line(error)
     assert message.startswith(f"{leftover} does not match TripleD's depth decoder"), message
     assert "Unexpected keys (1): up1.1.weight" in message and "depth_use_shuffle" in message

@@ -296,10 +296,11 @@ def test_deterministic_runs_give_identical_losses_and_weights(tmp_path):
 
 
 def test_mixed_precision_trains_with_finite_losses_and_restores_the_policy(tmp_path):
-    result = training.train(_config(tmp_path, num_steps=2, mixed_precision=True), MODEL)
+    # One batch: float16 kernels are slow on CPU (one eager step ~5 s here).
+    result = training.train(_config(tmp_path, num_steps=1, mixed_precision=True), MODEL)
     # Dynamic loss scaling starts at 2^15 and skips (halving the scale) while float16 gradients
-    # overflow, so a step may be skipped by design: 2 batches, 1 or 2 optimiser steps.
-    assert result["batches"] == 2 and result["steps"] in (1, 2)
+    # overflow, so a step may be skipped by design: 1 batch, 0 or 1 optimiser step.
+    assert result["batches"] == 1 and result["steps"] in (0, 1)
     assert all(np.isfinite(v) for v in result["final_losses"].values()), result["final_losses"]
     assert keras.config.dtype_policy().name == "float32"
 

@@ -11,7 +11,7 @@ and pose.pth) or the published .zip itself. FeatDepth: its mmcv checkpoint of th
 feature-metric extractor.* is skipped). TripleD: its mmcv checkpoint of a mono_fm_joint* model
 (DepthEncoder.*, DepthDecoder.*, ColorDecoder.*, Encoder.*, Decoder.*, DepthToGray.* / ColorizeNet.*,
 PoseEncoder.*, PoseDecoder.*; which are there decides the TripleDNet switches, see
-tripled_tf/models/published.py). Both PyTorch serialisations are read without PyTorch.
+tripled_tf/models/published_tripled.py). Both PyTorch serialisations are read without PyTorch.
 
 ``--output``: a normal run folder (config.json + checkpoints/) of the baseline model with the
 reference's depth decoder (``depth_decoder="monodepth2"`` / ``"featdepth"``), or for TripleD of a
@@ -129,7 +129,7 @@ def convert(source: str, input_path, output, pose: Optional[bool] = None,
     output = pathlib.Path(output)
     if output.exists() and not overwrite:
         raise ConversionError(f"{output}: already exists; pass --overwrite to replace it")
-    from tripled_tf.models import published
+    from tripled_tf.models import published, published_tripled
     from tripled_tf.train_config import TrainConfig
 
     TrainConfig(model="baseline", **(data or {}))  # a bad data flag fails before the conversion
@@ -145,9 +145,9 @@ def convert(source: str, input_path, output, pose: Optional[bool] = None,
         model, info = published.build_featdepth(input_path, pose=pose,
                                                 size=size or published.FEATDEPTH_SIZE)
     else:
-        model, info = published.build_tripled(input_path, pose=pose,
-                                              size=size or published.TRIPLED_SIZE,
-                                              color_encoder_skips=color_encoder_skips)
+        model, info = published_tripled.build_tripled(input_path, pose=pose,
+                                                      size=size or published_tripled.TRIPLED_SIZE,
+                                                      color_encoder_skips=color_encoder_skips)
     record = {"format": source, "input": os.path.abspath(os.fspath(input_path)),
               "height": info["height"], "width": info["width"], "use_stereo": info["use_stereo"],
               "depth_layers": info["depth_layers"], "pose_layers": info["pose_layers"],

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from tripled_tf import checks, geometry, losses, visualize
+from tripled_tf.models.depth_branch import DepthBranch
 from tripled_tf.models.depth_decoder import DepthDecoder
 from tripled_tf.models.monodepth2_decoder import Monodepth2Decoder
 from tripled_tf.models.pose_net import PoseNet
@@ -80,42 +81,6 @@ def _batch_tensor(batch: dict, key: str) -> tf.Tensor:
     if key not in batch:
         raise ValueError(f"training batch is missing {key!r}; it has {sorted(batch)}")
     return batch[key]
-
-
-class DepthBranch(keras.layers.Layer):
-    """What inference runs of a depth model: images -> sigmoid disparities, nothing else.
-
-    It shares the model's layers (no copy) under the model's attribute names, so a weights file of
-    the branch has the same entries as the model's file for those layers, and a SavedModel that
-    tracks the branch holds the depth network alone (no pose network, appearance branch, feature
-    extractor or optimiser). Created by :meth:`MonoDepthModel.depth_branch`; not an attribute of the
-    model (Keras would then save the model's weights under a second path).
-
-    ``call(images)``: images [B, H, W, 3] in [0, 1] -> [σ_0 .. σ_3], each [B, h, w, 1] float32, the
-    model's ``call`` output.
-    """
-
-    def __init__(self, encoder, depth_decoder, feature_split=None, **kwargs):
-        super().__init__(**kwargs)
-        self.encoder = encoder
-        self.feature_split = feature_split
-        self.depth_decoder = depth_decoder
-        self.built = all(layer.built for layer in self.parts.values())
-
-    @property
-    def parts(self) -> Dict[str, keras.layers.Layer]:
-        """The model's layers the branch runs, by their attribute names on the model."""
-        parts = {"encoder": self.encoder, "depth_decoder": self.depth_decoder}
-        if self.feature_split is not None:
-            parts["feature_split"] = self.feature_split
-        return parts
-
-    def call(self, images, training=None) -> List[tf.Tensor]:
-        images = checks.as_images(images, "images", channels=3)
-        features = self.encoder(images, training=training)
-        if self.feature_split is not None:
-            features = self.feature_split(features, training=training)[0]
-        return [tf.cast(d, tf.float32) for d in self.depth_decoder(features, training=training)]
 
 
 class MonoDepthModel(keras.Model):

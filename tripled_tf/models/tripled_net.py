@@ -27,7 +27,8 @@ import tensorflow as tf
 from tripled_tf import checks, color, geometry, losses
 from tripled_tf.models.appearance_decoder import AppearanceDecoder
 from tripled_tf.options import option
-from tripled_tf.models.depth_model import (SOURCE_KEYS, DepthBranch, DepthModelConfig, MonoDepthModel,
+from tripled_tf.models.depth_branch import DepthBranch
+from tripled_tf.models.depth_model import (SOURCE_KEYS, DepthModelConfig, MonoDepthModel,
                                           _batch_tensor)
 from tripled_tf.models.model_config import RESNET_DEPTHS
 from tripled_tf.models.disentangle import (ATTENTIONS, COLOR_SPLITS, DEPTH_SPLITS,
