@@ -81,6 +81,16 @@ def write_monodepth2_folder(folder, name, legacy=False, pose=True, edit=None):
     return folder
 
 
+def assert_pose_matches(model, name):
+    """The converted pose net's axis-angle and translation against the reference's (fixture ``name``)."""
+    frames = np.load(FIXTURES / name / "pose_input.npy")
+    axisangle, translation = model.pose_net((frames[:1], frames[1:]), training=False)
+    for ours, ref in ((axisangle, "axisangle"), (translation, "translation")):
+        expected = np.load(FIXTURES / name / f"{ref}.npy")
+        np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-3,
+                                   atol=1e-3 * np.abs(expected).max(), err_msg=ref)
+
+
 def relative_depth_error(depth, reference):
     return np.abs(depth - reference) / reference
 
@@ -245,12 +255,7 @@ def test_featdepth_conversion_matches_featdepth(tmp_path, legacy):
     # weights (the chained residual pooling's long sums), so σ is compared at 1e-4.
     _assert_matches_reference(model, name, legacy, disparity_atol=1e-4)
 
-    frames = np.load(FIXTURES / name / "pose_input.npy")
-    axisangle, translation = model.pose_net((frames[:1], frames[1:]), training=False)
-    for ours, ref in ((axisangle, "axisangle"), (translation, "translation")):
-        expected = np.load(FIXTURES / name / f"{ref}.npy")
-        np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-3,
-                                   atol=1e-3 * np.abs(expected).max(), err_msg=ref)
+    assert_pose_matches(model, name)
 
 
 def test_featdepth_bad_checkpoints(tmp_path):

@@ -17,7 +17,8 @@ import sys
 import numpy as np
 import pytest
 
-from test_published import relative_depth_error, write_featdepth_checkpoint, write_monodepth2_folder
+from test_published import (assert_pose_matches, relative_depth_error, write_featdepth_checkpoint,
+                            write_monodepth2_folder)
 from torch_files import save_torch
 from tools.reference_weights import seeded_state
 from tripled_tf import checkpoint, convert, geometry
@@ -71,15 +72,6 @@ def _assert_depth_matches(model, name):
     return image
 
 
-def _assert_pose_matches(model, name):
-    frames = np.load(FIXTURES / name / "pose_input.npy")
-    axisangle, translation = model.pose_net((frames[:1], frames[1:]), training=False)
-    for ours, ref in ((axisangle, "axisangle"), (translation, "translation")):
-        expected = np.load(FIXTURES / name / f"{ref}.npy")
-        np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-3,
-                                   atol=1e-3 * np.abs(expected).max(), err_msg=ref)
-
-
 def test_tripled_main_model_matches_tripled(tmp_path):
     name = "tripled_r18"
     path = write_tripled_checkpoint(tmp_path / "td.pth", name)
@@ -107,7 +99,7 @@ def test_tripled_main_model_matches_tripled(tmp_path):
     _close(appearance.numpy(), name, "appearance_0.npy", 1e-4)
     res = model.extractor_decoder(model.extractor(image, training=False), training=False)[0]
     _close(res.numpy(), name, "extractor_res_0.npy", 1e-4)
-    _assert_pose_matches(model, name)
+    assert_pose_matches(model, name)
 
 
 def test_tripled_d2g_model_matches_tripled_legacy_file(tmp_path):
@@ -125,7 +117,7 @@ def test_tripled_d2g_model_matches_tripled_legacy_file(tmp_path):
     # compute_distill_gs_loss: the head on σ_0 resized to the input size.
     sigma_full = geometry.resize_bilinear(model(image, training=False)[0], SIZE)
     _close(model.pretext_head(sigma_full, training=False).numpy(), name, "pretext.npy", 2e-4)
-    _assert_pose_matches(model, name)
+    assert_pose_matches(model, name)
 
 
 # --------------------------------------------------------------------------------------------------
