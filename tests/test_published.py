@@ -127,12 +127,7 @@ def test_monodepth2_conversion_matches_monodepth2(tmp_path, name, legacy):
     _assert_matches_reference(model, name, legacy, disparity_atol=2e-5)
 
     if with_pose:
-        frames = np.load(FIXTURES / name / "pose_input.npy")
-        axisangle, translation = model.pose_net((frames[:1], frames[1:]), training=False)
-        for ours, ref in ((axisangle, "axisangle"), (translation, "translation")):
-            expected = np.load(FIXTURES / name / f"{ref}.npy")
-            np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-3,
-                                       atol=1e-3 * np.abs(expected).max(), err_msg=ref)
+        assert_pose_matches(model, name)
 
 
 def _run_convert(*args):
