@@ -34,6 +34,7 @@ import pathlib
 import re
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Optional
 
@@ -59,6 +60,12 @@ class _Interrupted(Exception):
     def __init__(self, reason: str, written: int):
         super().__init__(reason)
         self.written = written
+
+
+def file_name(url: str) -> str:
+    """The file name an address ends with, percent-decoded ("mono%2Bstereo_640x192.zip" ->
+    "mono+stereo_640x192.zip"): the name a download is cached under."""
+    return urllib.parse.unquote(url.rsplit("/", 1)[-1])
 
 
 def offline() -> bool:

@@ -47,7 +47,7 @@ class Preset:
 
     @property
     def file_name(self) -> str:
-        return self.url.rsplit("/", 1)[-1].replace("%2B", "+")
+        return downloads.file_name(self.url)
 
 
 # Monodepth2's published models (README and utils.download_model_if_doesnt_exist, with its MD5s).
@@ -122,7 +122,7 @@ class EncoderCheckpoint:
 
     @property
     def file_name(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
+        return downloads.file_name(self.url)
 
 
 # (init name, ResNet depth) -> the checkpoint the references start from. torchvision's IMAGENET1K_V1
