@@ -234,10 +234,15 @@ def export_onnx(run: LoadedRun, output, opset: int = 17) -> str:
     with tempfile.TemporaryDirectory(prefix="tripled_onnx_") as tmp:
         saved = write_network_saved_model(run, os.path.join(tmp, "saved_model"))
         converted = os.path.join(tmp, "model.onnx")
+        # tf2onnx deep-copies the whole graph, weights included, before each optimiser pass so that a
+        # failing pass can be rolled back: ~half of a ResNet-18 network's conversion time (13.5 ->
+        # 7 s of optimisation, measured). Off: a failing pass fails the export, in one line below.
+        # (tf2onnx 1.17 reads the variable's presence, not its value.)
         proc = subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", saved,
                                "--signature_def", serving.MODEL_INPUT_SIGNATURE, "--tag", "serve",
                                "--opset", str(opset), "--output", converted],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True,
+                              env=dict(os.environ, TF2ONNX_CATCH_ERRORS="FALSE"))
         if proc.returncode != 0:
             raise ExportError(f"tf2onnx failed: {proc.stderr.strip().splitlines()[-1:]}")
         graph = onnx.load(converted)
