@@ -1,5 +1,6 @@
 """The shared layers (tripled_tf.models.layers): batch norm as torch's, reflection-padded 3x3 conv, ELU
-block, nearest 2x upsampling, PyTorch's default init; every building block's config round trip.
+block, nearest 2x upsampling, PyTorch's default init; every building block's config round trip; networks
+built by their first call (no symbolic pass).
 """
 import math
 
@@ -221,3 +222,24 @@ def test_convolution_over_parts_equals_the_convolution_of_their_concatenation(pa
     np.testing.assert_allclose(split, by_hand, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="parts have 7 channels"), layers.convolutions_over_parts():
         conv.of_concatenation(parts[:2])
+
+
+def test_networks_build_in_their_first_call_without_a_symbolic_pass(monkeypatch):
+    # Without a build method, Keras traces a composite layer's whole call symbolically just to build
+    # its sub-layers (layers.BuiltByFirstCall). Building every network of a TripleDNet (appearance
+    # decoder, extractor, pretext head, pose net, split with attention) must need no such pass.
+    from keras.src import backend
+
+    from tripled_tf.models.tripled_net import TripleDConfig, TripleDNet
+
+    traced = []
+    trace = backend.compute_output_spec
+    monkeypatch.setattr(backend, "compute_output_spec",
+                        lambda fn, *args, **kwargs: traced.append(fn) or trace(fn, *args, **kwargs))
+    model = TripleDNet(TripleDConfig(depth_layers=10, extractor_layers=10, pose_layers=10,
+                                     pose_input_size=None, attention="ca", pretext_task="dg2c"))
+    model.build_for_size(64, 64)
+    assert traced == []
+    unbuilt = [layer.name for layer in model._flatten_layers() if not layer.built]
+    assert unbuilt == []
+    assert model.count_params() > 0

@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 
 from tripled_tf import checks
-from tripled_tf.models.layers import Conv3x3, ConvBlock, upsample_nearest_2x
+from tripled_tf.models.layers import BuiltByFirstCall, Conv3x3, ConvBlock, upsample_nearest_2x
 
 APPEARANCE_WIDTHS = (256, 128, 64, 32, 16)
 
@@ -38,7 +38,7 @@ def _describe_sequence(x) -> str:
 
 
 @keras.saving.register_keras_serializable(package="tripled_tf")
-class AppearanceDecoder(keras.Model):
+class AppearanceDecoder(BuiltByFirstCall, keras.Model):
     """Appearance decoder: 5 up-conv stages (widths 256, 128, 64, 32, 16) with disparities added.
 
     ``call(appearance_features, disparities, training=None)``:

@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 from tripled_tf import checks
-from tripled_tf.models.layers import Conv3x3, TorchInitConv2D, upsample_nearest_2x
+from tripled_tf.models.layers import BuiltByFirstCall, Conv3x3, TorchInitConv2D, upsample_nearest_2x
 
 LEAKY_RELU_SLOPE = 0.01
 BOTTLENECK_CHANNELS = 256
@@ -26,7 +26,7 @@ CRP_STAGES = 4
 
 
 @keras.saving.register_keras_serializable(package="tripled_tf")
-class ChainedResidualPooling(keras.layers.Layer):
+class ChainedResidualPooling(BuiltByFirstCall, keras.layers.Layer):
     """RefineNet-lite chained residual pooling (FeatDepth ``CRPBlock``), no activation inside.
 
     t = x; repeated ``num_stages`` times: t = Conv1x1_{C -> C, no bias}(maxpool_{5x5, stride 1}(t));
@@ -71,7 +71,7 @@ def _check_same_size(skip: tf.Tensor, upsampled: tf.Tensor, level: int) -> None:
 
 
 @keras.saving.register_keras_serializable(package="tripled_tf")
-class DepthDecoder(keras.Model):
+class DepthDecoder(BuiltByFirstCall, keras.Model):
     """FeatDepth RefineNet-lite depth decoder (docs/method.md 2.3).
 
     ``call(features, training=None)``:

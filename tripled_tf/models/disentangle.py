@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 from tripled_tf import checks
-from tripled_tf.models.layers import BatchNorm2D, TorchInitConv2D
+from tripled_tf.models.layers import BatchNorm2D, BuiltByFirstCall, TorchInitConv2D
 from tripled_tf.models.resnet import BN_EPSILON, BN_MOMENTUM
 
 DEPTH_SPLITS = ("first_half", "conv1x1")
@@ -105,7 +105,7 @@ class FeatureAttention(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tripled_tf")
-class FeatureSplit(keras.layers.Layer):
+class FeatureSplit(BuiltByFirstCall, keras.layers.Layer):
     """Splits the 5 encoder levels into depth features and appearance features (docs/method.md 2.2).
 
     ``call(features, training=None)``:

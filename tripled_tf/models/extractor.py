@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 
 from tripled_tf import checks
-from tripled_tf.models.layers import Conv3x3, ConvBlock, upsample_nearest_2x
+from tripled_tf.models.layers import BuiltByFirstCall, Conv3x3, ConvBlock, upsample_nearest_2x
 from tripled_tf.models.resnet import ResNetEncoder
 
 EXTRACTOR_DECODER_WIDTHS = (256, 128, 64, 32, 16)
@@ -27,7 +27,7 @@ class FeatureExtractor(ResNetEncoder):
     ``[B, H/2^k, W/2^k, num_ch_enc[k-1]]``, k = 1..5 (RN50: 64, 256, 512, 1024, 2048 channels).
 
     Args:
-      num_layers: 18, 34, 50 (default) or 101.
+      num_layers: 10, 18, 34, 50 (default) or 101.
       normalize_input: False (default, reference); True applies the depth encoder's normalisation.
       Other arguments as for :class:`ResNetEncoder`. Weights load with the same torchvision key map.
     """
@@ -37,7 +37,7 @@ class FeatureExtractor(ResNetEncoder):
 
 
 @keras.saving.register_keras_serializable(package="tripled_tf")
-class ExtractorDecoder(keras.Model):
+class ExtractorDecoder(BuiltByFirstCall, keras.Model):
     """Reconstruction decoder of the extractor: level 5 only, no skips (FD ``decoder.py``).
 
     ``call(features, training=None)``:

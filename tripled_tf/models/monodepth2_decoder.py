@@ -21,14 +21,14 @@ import keras
 import tensorflow as tf
 
 from tripled_tf import checks
-from tripled_tf.models.layers import Conv3x3, ConvBlock, upsample_nearest_2x
+from tripled_tf.models.layers import BuiltByFirstCall, Conv3x3, ConvBlock, upsample_nearest_2x
 
 DECODER_CHANNELS = (16, 32, 64, 128, 256)
 NUM_SCALES = 4
 
 
 @keras.saving.register_keras_serializable(package="tripled_tf")
-class Monodepth2Decoder(keras.Model):
+class Monodepth2Decoder(BuiltByFirstCall, keras.Model):
     """Monodepth2's U-Net depth decoder with 4 disparity heads.
 
     ``call(features, training=None)``:

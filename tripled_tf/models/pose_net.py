@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from tripled_tf import checks
-from tripled_tf.models.layers import Conv3x3, TorchInitConv2D
+from tripled_tf.models.layers import BuiltByFirstCall, Conv3x3, TorchInitConv2D
 from tripled_tf.models.resnet import ResNetEncoder
 
 POSE_OUTPUT_SCALE = 0.01
@@ -25,7 +25,7 @@ REFERENCE_POSE_INPUT_SIZE = (192, 640)
 
 
 @keras.saving.register_keras_serializable(package="tripled_tf")
-class PoseNet(keras.Model):
+class PoseNet(BuiltByFirstCall, keras.Model):
     """Relative camera motion between two frames.
 
     ``call(inputs, training=None)``:

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from tripled_tf import checks
 from tripled_tf.geometry import disp_to_depth
-from tripled_tf.models.layers import BatchNorm2D, Conv3x3, TorchInitConv2D
+from tripled_tf.models.layers import BatchNorm2D, BuiltByFirstCall, Conv3x3, TorchInitConv2D
 from tripled_tf.models.resnet import BN_EPSILON, BN_MOMENTUM
 
 PRETEXT_TASKS = ("d2g", "dg2c", "d2c")
@@ -22,7 +22,7 @@ HEAD_WIDTH = 32
 
 
 @keras.saving.register_keras_serializable(package="tripled_tf")
-class PretextHead(keras.Model):
+class PretextHead(BuiltByFirstCall, keras.Model):
     """Conv3x3 (zero pad, no bias) -> BN -> ReLU -> Conv3x3 (no bias) -> BN -> [+ x] -> ReLU -> Conv1x1.
 
     ``call(x, training=None)``: x ``[B, H, W, C_in]`` -> ``[B, H, W, c_out]``, linear (no activation).

@@ -1,11 +1,11 @@
-"""ResNet v1.5 encoders in the torchvision layout (ResNet-18/34/50/101), returning 5 feature levels.
+"""ResNet v1.5 encoders in the torchvision layout (ResNet-10/18/34/50/101), returning 5 feature levels.
 
 Why hand-built: ``keras.applications`` has no ResNet-18/34 and its ResNet-50 is v1 (stride in the 1x1
 conv, biased convs, Caffe preprocessing, BN eps 1e-3). The reference models start from torchvision /
 SwAV ResNet weights, which only fit the torchvision v1.5 layout:
 
 - stem: 7x7/2 conv (pad 3, no bias) -> BN -> ReLU (level 1), 3x3/2 max-pool (pad 1);
-- BasicBlock (18/34): 3x3 conv (stride s) -> BN -> ReLU -> 3x3 conv -> BN, + shortcut, ReLU;
+- BasicBlock (10/18/34): 3x3 conv (stride s) -> BN -> ReLU -> 3x3 conv -> BN, + shortcut, ReLU;
 - Bottleneck (50/101): 1x1 conv -> BN -> ReLU -> 3x3 conv (stride s) -> BN -> ReLU -> 1x1 conv (4x)
   -> BN, + shortcut, ReLU (v1.5: the stride sits in the 3x3 conv);
 - shortcut: identity, or 1x1 conv with stride s (no bias) + BN when the shape changes.
@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from tripled_tf import checks
 from tripled_tf.models.conv import Conv2D
-from tripled_tf.models.layers import BatchNorm2D
+from tripled_tf.models.layers import BatchNorm2D, BuiltByFirstCall
 
 # Input normalisation of the depth and pose encoders (Monodepth2 / FeatDepth): (x - 0.45) / 0.225.
 IMAGE_MEAN = 0.45
@@ -41,8 +41,12 @@ IMAGE_STD = 0.225
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
 
-# num_layers -> (block type, blocks per stage layer1..layer4), as in torchvision.
+# num_layers -> (block type, blocks per stage layer1..layer4), as in torchvision. ResNet-10 (one
+# BasicBlock per stage) is not a torchvision model: the compact backbone of edge detectors (e.g.
+# NVIDIA's for Jetson), 4.9 M parameters; no ImageNet weights are published for it (random init, or
+# one's own conversion), and the test suite trains it (half the layers of ResNet-18 to trace and run).
 RESNET_SPECS: Dict[int, Tuple[str, Tuple[int, int, int, int]]] = {
+    10: ("basic", (1, 1, 1, 1)),
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
     50: ("bottleneck", (3, 4, 6, 3)),
@@ -94,7 +98,7 @@ def max_pool_3x3_stride2(x) -> tf.Tensor:
                             padding="VALID")
 
 
-class _ResidualBlock(keras.layers.Layer):
+class _ResidualBlock(BuiltByFirstCall, keras.layers.Layer):
     """What BasicBlock and Bottleneck share: arguments, the projection shortcut, the config."""
 
     expansion = 1
@@ -130,7 +134,7 @@ class _ResidualBlock(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="tripled_tf")
 class BasicBlock(_ResidualBlock):
-    """torchvision ``BasicBlock`` (ResNet-18/34). ``[B, H, W, C_in]`` -> ``[B, H/s, W/s, planes]``.
+    """torchvision ``BasicBlock`` (ResNet-10/18/34). ``[B, H, W, C_in]`` -> ``[B, H/s, W/s, planes]``.
 
     Args:
       planes: output channels.
@@ -186,7 +190,7 @@ class Bottleneck(_ResidualBlock):
 
 
 @keras.saving.register_keras_serializable(package="tripled_tf")
-class ResNetEncoder(keras.Model):
+class ResNetEncoder(BuiltByFirstCall, keras.Model):
     """torchvision-layout ResNet v1.5 feature encoder returning 5 feature levels.
 
     ``call(images, training=None)``:
@@ -198,7 +202,7 @@ class ResNetEncoder(keras.Model):
         level3..5 = layer2..layer4 at H/8, H/16, H/32.
 
     Args:
-      num_layers: 18, 34, 50 or 101.
+      num_layers: 10, 18, 34, 50 or 101.
       num_input_images: frames concatenated on channels; conv1 takes 3 · num_input_images channels.
         When porting 3-channel pretrained weights to n > 1 frames, the converter must repeat conv1's
         kernel n times along the input channels and divide it by n (Monodepth2 / FeatDepth pose
@@ -208,7 +212,7 @@ class ResNetEncoder(keras.Model):
       name, dtype, trainable: as for ``keras.Model``.
 
     Attributes:
-      num_ch_enc: channels of the 5 levels, [64, 64, 128, 256, 512] (18/34) or
+      num_ch_enc: channels of the 5 levels, [64, 64, 128, 256, 512] (10/18/34) or
         [64, 256, 512, 1024, 2048] (50/101).
 
     Weights: layers carry their torchvision module names; see :func:`torchvision_key_map`. Kernels are
@@ -300,7 +304,7 @@ def torchvision_key_map(encoder: ResNetEncoder) -> Dict[str, keras.Variable]:
     stripped. An unbuilt encoder is built first by a call on a 64x64 zero image.
 
     Returns:
-      dict key -> keras.Variable; 100 entries for ResNet-18, 180 for 34, 265 for 50, 520 for 101.
+      dict key -> keras.Variable; 60 entries for ResNet-10, 100 for 18, 180 for 34, 265 for 50, 520 for 101.
     """
     if not isinstance(encoder, ResNetEncoder):
         raise ValueError(f"expected a ResNetEncoder, got {type(encoder).__name__}")
