@@ -112,9 +112,9 @@ def poisoned_copy():
 @pytest.fixture(scope="session")
 def untrained_run():
     """``untrained_run(folder, network, height=64, width=96, step=0)`` -> a run folder (config.json +
-    checkpoint at ``step``) of an untrained ResNet-18 "tripled" or "baseline" network on the synthetic
-    scene, without training: for the export checks, which must reproduce a network whatever its
-    weights."""
+    checkpoint at ``step``) of an untrained "tripled" or "baseline" network with ResNet-10 encoders
+    on the synthetic scene, without training: for the export checks, which must reproduce a network
+    whatever its weights."""
     def make(folder: pathlib.Path, network: str, height=64, width=96, step=0) -> pathlib.Path:
         import dataclasses
 
@@ -124,8 +124,8 @@ def untrained_run():
 
         train = train_config.TrainConfig(model=network, dataset="synthetic", height=height, width=width,
                                      num_train_samples=4, num_val_samples=0, encoder_weights="none")
-        model_config = (TripleDConfig(depth_layers=18, extractor_layers=18, pose_layers=18)
-                        if network == "tripled" else DepthModelConfig(depth_layers=18, pose_layers=18))
+        model_config = (TripleDConfig(depth_layers=10, extractor_layers=10, pose_layers=10)
+                        if network == "tripled" else DepthModelConfig(depth_layers=10, pose_layers=10))
         model = train_sources.build_model(train, model_config, load_pretrained=False)
         checkpoint.save_checkpoint(model, folder, step, with_state=False)
         checkpoint.write_json(folder / checkpoint.CONFIG_FILE,

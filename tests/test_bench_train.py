@@ -120,7 +120,7 @@ def test_bench_train_serve_protocol(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools" / "bench_train.py"), "--model=baseline",
-         "--depth_decoder=monodepth2", "--dataset=synthetic", "--depth_layers=18", "--pose_layers=18",
+         "--depth_decoder=monodepth2", "--dataset=synthetic", "--depth_layers=10", "--pose_layers=10",
          "--height=64", "--width=64", "--batch_size=1", "--pose_height=0", "--pose_width=0",
          "--encoder_weights=none", "--warmup=0", "--serve"],
         input="steps 2\nsteps 1\nquit\n", capture_output=True, text=True, cwd=REPO, env=env,

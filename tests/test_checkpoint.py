@@ -1,7 +1,7 @@
 """Checkpoint files: one copy of the optimiser state, fsync before every rename, and a full disk that
 leaves no temporary file and the previous checkpoint the latest.
 
-A tiny baseline model (ResNet-18, 64x64) with a built Adam optimiser; no training needed.
+A tiny baseline model (ResNet-10, 64x64) with a built Adam optimiser; no training needed.
 """
 import errno
 import json
@@ -21,7 +21,7 @@ from tripled_tf.models.depth_model import DepthModelConfig, MonoDepthModel
 
 @pytest.fixture(scope="module")
 def model():
-    model = MonoDepthModel(DepthModelConfig(depth_layers=18, pose_layers=18, pose_input_size=None))
+    model = MonoDepthModel(DepthModelConfig(depth_layers=10, pose_layers=10, pose_input_size=None))
     model.build_for_size(64, 64)
     model.compile(optimizer=training.make_optimizer(TrainConfig(model="baseline")))
     model.optimizer.build(model.trainable_variables)

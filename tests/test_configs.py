@@ -21,7 +21,7 @@ CONFIG_NAMES = sorted(p.name for p in CONFIG_DIR.glob("*.cfg"))
 # Configs that reproduce no paper row and say so differently in their first line.
 NOT_PAPER_ROWS = {}
 MODEL_CLASSES = {"tripled": "TripleDNet", "baseline": "MonoDepthModel"}
-OVERRIDES = ["--dataset=synthetic", "--height=64", "--width=192", "--batch_size=1", "--num_steps=1",
+OVERRIDES = ["--dataset=synthetic", "--height=64", "--width=64", "--batch_size=1", "--num_steps=1",
              "--encoder_weights=none", "--pose_encoder_weights=none", "--extractor_weights=none",
              "--num_train_samples=2", "--num_val_samples=1",
              "--num_preview=1", "--verbose=0", "--run_eagerly", "--image_summary_every=0",
@@ -29,7 +29,7 @@ OVERRIDES = ["--dataset=synthetic", "--height=64", "--width=192", "--batch_size=
              "--pose_height=0", "--pose_width=0",
              # ResNet-50s are tested elsewhere (tests/test_resnet.py); here they would only add build
              # and eager-step time to every TripleD config.
-             "--depth_layers=18", "--extractor_layers=18"]
+             "--depth_layers=10", "--extractor_layers=10", "--pose_layers=10"]
 
 
 def _trainer_flags():

@@ -20,7 +20,7 @@ def batch():
 
 
 def _model():
-    model = MonoDepthModel(DepthModelConfig(pose_input_size=None))
+    model = MonoDepthModel(DepthModelConfig(depth_layers=10, pose_layers=10, pose_input_size=None))
     model.build_for_size(HEIGHT, WIDTH)
     return model
 

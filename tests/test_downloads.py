@@ -319,9 +319,12 @@ def test_encoder_preset_downloads_converts_caches_and_loads(served, tmp_path, mo
 
 def test_encoder_inits_without_a_published_file_are_one_line(tmp_path):
     weights_dir = tmp_path / "weights"
-    # SwAV and MoCo published ResNet-50s only; SimCLR no torchvision-layout file at a stable address.
+    # SwAV and MoCo published ResNet-50s only; torchvision no ResNet-10 (not one of its models); SimCLR
+    # no torchvision-layout file at a stable address.
     for init, layers, said in (("swav", 18, "SwAV published no ResNet-18 to download (only ResNet-50)"),
                                ("moco", 34, "MoCo published no ResNet-34 to download (only ResNet-50)"),
+                               ("supervised", 10, "torchvision published no ResNet-10 to download "
+                                                  "(only ResNet-18, ResNet-34, ResNet-50, ResNet-101)"),
                                ("simclr", 50, "SimCLR has no official download address")):
         with pytest.raises(CheckpointError) as error:
             train_sources.resolve_weights(init, layers, str(weights_dir), "pose_encoder_weights")

@@ -159,7 +159,7 @@ def run_dir(module_tmp):
                                   batch_size=1, num_steps=1, num_train_samples=2, num_val_samples=0,
                                   num_preview=1, verbose=0, run_eagerly=True, image_summary_every=0,
                                   log_dir=str(folder))
-    training.train(config, DepthModelConfig(depth_layers=18, pose_layers=18, pose_input_size=None))
+    training.train(config, DepthModelConfig(depth_layers=10, pose_layers=10, pose_input_size=None))
     return folder
 
 

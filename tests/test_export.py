@@ -1,8 +1,8 @@
 """python -m tripled_tf.export on the demo checkpoint: SavedModel, every TFLite mode, the runtime
 without TensorFlow, and the exported files through evaluate / predict.
 
-The checkpoint is configs/demo.cfg's network (TripleDNet, ResNet-18 depth encoder and extractor,
-64x192), untrained: the export must not care how well the network is trained, only reproduce it.
+The checkpoint is configs/demo.cfg's network (TripleDNet) with ResNet-10 encoders (tests/conftest.py),
+64x192, untrained: the export must not care how well the network is trained, only reproduce it.
 """
 import json
 import os
@@ -40,7 +40,7 @@ def _last_json(stdout):
 
 @pytest.fixture(scope="module")
 def demo_run(module_tmp, untrained_run):
-    """A run folder of configs/demo.cfg's network (TripleDNet, ResNet-18s) at 64x192, untrained: the
+    """A run folder of configs/demo.cfg's network (TripleDNet, ResNet-10 encoders) at 64x192, untrained: the
     exports must reproduce a network whatever its weights (a one-step CLI run cost ~40 s here; the
     trainer's run folder is checked by tests/test_train.py)."""
     return untrained_run(module_tmp("export") / "demo", "tripled", HEIGHT, WIDTH, step=1)

@@ -2,7 +2,7 @@
 networks, in float32 and with float16 weights. Needs tf2onnx, onnx and onnxruntime (``pip install -e
 .[dev]`` installs them; CI does).
 
-The networks are untrained (random initialisation, ResNet-18): the export must reproduce the network,
+The networks are untrained (random initialisation, ResNet-10 encoders): the export must reproduce the network,
 whatever its weights.
 """
 import numpy as np

@@ -1,7 +1,7 @@
 """python -m tripled_tf.predict: an image, a folder, a video, point clouds, metric scale from the camera
 height, and bad input.
 
-A 1-step ResNet-18 baseline at 64x64 (trained once per module) stands in for a real model where the
+A 1-step ResNet-10 baseline at 64x64 (trained once per module) stands in for a real model where the
 plumbing is under test; where the numbers are under test, an analytic "model" that predicts the exact
 disparity of a flat ground plane takes its place through :class:`inference.DepthFunction`.
 """
@@ -82,7 +82,7 @@ def run_dir(module_tmp):
     train(TrainConfig(model="baseline", dataset="synthetic", height=64, width=64, batch_size=1,
                       num_steps=1, num_train_samples=2, num_val_samples=0, num_preview=1, verbose=0,
                       run_eagerly=True, image_summary_every=0, log_dir=str(log_dir)),
-          DepthModelConfig(depth_layers=18, pose_layers=18, pose_input_size=None))
+          DepthModelConfig(depth_layers=10, pose_layers=10, pose_input_size=None))
     return log_dir
 
 

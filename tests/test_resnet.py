@@ -15,11 +15,14 @@ from tripled_tf.models.resnet import (BasicBlock, Bottleneck, ResNetEncoder, max
 RNG = np.random.default_rng(0)
 
 # torchvision ResNet layouts: blocks per stage and whether the block is a Bottleneck (expansion 4).
-TORCHVISION_LAYOUT = {18: ((2, 2, 2, 2), False), 50: ((3, 4, 6, 3), True)}
+TORCHVISION_LAYOUT = {10: ((1, 1, 1, 1), False), 18: ((2, 2, 2, 2), False), 50: ((3, 4, 6, 3), True)}
 # torchvision resnet18 / resnet50 parameter counts (11,689,512 / 25,557,032) minus the fc layer
 # (512·1000 + 1000 = 513,000 / 2048·1000 + 1000 = 2,049,000).
-TORCHVISION_PARAMS_WITHOUT_FC = {18: 11_176_512, 50: 23_508_032}
-CHANNELS = {18: [64, 64, 128, 256, 512], 50: [64, 256, 512, 1024, 2048]}
+# ResNet-10 (not a torchvision model: one BasicBlock per stage), counted by hand: stem 7·7·3·64 + BN 2·64
+# = 9,536; layer1 2·(3·3·64·64) + 2 BN 2·64 = 73,984; layer2..4 (c_in -> c): 3·3·c_in·c + 3·3·c·c +
+# 1x1 projection c_in·c + 3 BN 2·c = 230,144 (64 -> 128), 919,040 (128 -> 256), 3,673,088 (256 -> 512).
+TORCHVISION_PARAMS_WITHOUT_FC = {10: 4_905_792, 18: 11_176_512, 50: 23_508_032}
+CHANNELS = {10: [64, 64, 128, 256, 512], 18: [64, 64, 128, 256, 512], 50: [64, 256, 512, 1024, 2048]}
 
 
 def random_images(*shape):
@@ -29,6 +32,13 @@ def random_images(*shape):
 @pytest.fixture(scope="module")
 def rn18():
     encoder = ResNetEncoder(18)
+    encoder(random_images(1, 64, 96, 3))
+    return encoder
+
+
+@pytest.fixture(scope="module")
+def rn10():
+    encoder = ResNetEncoder(10)
     encoder(random_images(1, 64, 96, 3))
     return encoder
 
@@ -95,9 +105,9 @@ def relu(x):
 # ------------------------------------------------------------------------------------ ResNet encoder
 
 
-@pytest.mark.parametrize("num_layers, size", [(18, (64, 96)), (50, (32, 64))])
-def test_encoder_feature_shapes(num_layers, size, rn18, rn50):
-    encoder = rn18 if num_layers == 18 else rn50
+@pytest.mark.parametrize("num_layers, size", [(10, (64, 96)), (18, (64, 96)), (50, (32, 64))])
+def test_encoder_feature_shapes(num_layers, size, rn10, rn18, rn50):
+    encoder = {10: rn10, 18: rn18, 50: rn50}[num_layers]
     h, w = size
     features = encoder(random_images(2, h, w, 3))
     assert encoder.num_ch_enc == CHANNELS[num_layers]
@@ -106,18 +116,20 @@ def test_encoder_feature_shapes(num_layers, size, rn18, rn50):
         assert tuple(feature.shape) == (2, h // 2 ** level, w // 2 ** level, channels)
 
 
-@pytest.mark.parametrize("num_layers", [18, 50])
-def test_encoder_trainable_parameter_count_matches_torchvision(num_layers, rn18, rn50):
-    encoder = rn18 if num_layers == 18 else rn50
+@pytest.mark.parametrize("num_layers", [10, 18, 50])
+def test_encoder_trainable_parameter_count_matches_torchvision(num_layers, rn10, rn18, rn50):
+    encoder = {10: rn10, 18: rn18, 50: rn50}[num_layers]
     count = sum(int(np.prod(v.shape)) for v in encoder.trainable_weights)
     assert count == TORCHVISION_PARAMS_WITHOUT_FC[num_layers]
 
 
-@pytest.mark.parametrize("num_layers, expected_count", [(18, 100), (50, 265)])
-def test_torchvision_key_map_covers_exactly_the_state_dict(num_layers, expected_count, rn18, rn50):
+@pytest.mark.parametrize("num_layers, expected_count", [(10, 60), (18, 100), (50, 265)])
+def test_torchvision_key_map_covers_exactly_the_state_dict(num_layers, expected_count, rn10, rn18,
+                                                           rn50):
+    # 10: conv1 + bn1 (5) + 4 blocks · (2 conv + 2 BN · 4) (40) + 3 downsample · 5 (15) = 60.
     # 18: conv1 + bn1 (5) + 8 blocks · (2 conv + 2 BN · 4) (80) + 3 downsample · 5 (15) = 100.
     # 50: 5 + 16 blocks · (3 + 3 · 4) (240) + 4 downsample · 5 (20) = 265.
-    encoder = rn18 if num_layers == 18 else rn50
+    encoder = {10: rn10, 18: rn18, 50: rn50}[num_layers]
     key_map = torchvision_key_map(encoder)
     expected = expected_torchvision_keys(num_layers)
     assert len(expected) == expected_count

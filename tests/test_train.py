@@ -28,7 +28,7 @@ def test_train_cli_smoke_run_leaves_a_complete_run_folder(tmp_path, repo_root):
     proc = _run_train([f"--flagfile={repo_root / 'configs' / 'demo_baseline.cfg'}", "--height=64",
                        "--width=128", "--batch_size=1", "--num_steps=2", "--num_train_samples=2",
                        "--num_val_samples=2", "--num_preview=2", "--verbose=0",
-                       f"--log_dir={run_dir}"], tmp_path)
+                       "--depth_layers=10", "--pose_layers=10", f"--log_dir={run_dir}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for key in ("abs_rel_before", "abs_rel_after", "checkpoint", "preview"):
@@ -61,7 +61,7 @@ def test_train_cli_user_errors_are_one_line_without_help_text(tmp_path, args, na
     not_a_folder = tmp_path / "notes.txt"
     not_a_folder.write_text("a file, not a run folder")
     args = [a.format(file=not_a_folder) for a in args]
-    proc = _run_train(["--model=baseline", "--depth_layers=18", "--height=64", "--width=64",
+    proc = _run_train(["--model=baseline", "--depth_layers=10", "--height=64", "--width=64",
                        "--num_steps=1", f"--log_dir={tmp_path / 'r'}", *args], tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -83,7 +83,7 @@ def test_train_cli_on_the_shared_kitti_snippet(tmp_path, shared_data):
     val.write_text(f"{drive} 5 l\n")
     proc = _run_train(["--dataset=kitti", f"--data_path={shared_data / 'kitti_raw'}",
                        f"--split={split}", f"--val_split={val}", "--height=64", "--width=192",
-                       "--model=baseline", "--depth_layers=18", "--run_eagerly",
+                       "--model=baseline", "--depth_layers=10", "--pose_layers=10", "--run_eagerly",
                        "--batch_size=2", "--num_steps=2", "--pose_height=0", "--pose_width=0",
                        "--num_preview=1", "--verbose=0", f"--log_dir={tmp_path / 'run'}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -108,7 +108,8 @@ def test_train_cli_stops_on_a_truncated_frame_naming_it(tmp_path):
     proc = _run_train(["--dataset=kitti", f"--data_path={tmp_path}", f"--split={split}",
                        "--height=64", "--width=192", "--batch_size=2", "--num_steps=2",
                        "--pose_height=0", "--pose_width=0", "--verbose=0", "--model=baseline",
-                       "--depth_layers=18", "--run_eagerly", f"--log_dir={tmp_path / 'run'}"],
+                       "--depth_layers=10", "--pose_layers=10", "--run_eagerly",
+                       f"--log_dir={tmp_path / 'run'}"],
                       tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
@@ -130,8 +131,8 @@ def _kitti_folder_of_synthetic_frames(root, count, bad=(), empty=False):
 
 
 _TINY_RUN = ["--height=64", "--width=192", "--batch_size=1", "--num_steps=2", "--pose_height=0",
-             "--pose_width=0", "--verbose=0", "--model=baseline", "--depth_layers=18", "--run_eagerly",
-             "--num_preview=1", "--image_summary_every=0"]
+             "--pose_width=0", "--verbose=0", "--model=baseline", "--depth_layers=10", "--pose_layers=10",
+             "--run_eagerly", "--num_preview=1", "--image_summary_every=0"]
 
 
 def test_train_cli_counts_frames_skipped_while_decoding_and_bad_lidar_scans(tmp_path, shared_data):

@@ -34,7 +34,7 @@ _DISTRIBUTED_RUN = """
     # No dropout: its masks are drawn per replica, so they could not match one replica's. Eager
     # steps: the same train_step and cross-replica code without tracing a two-replica step (~40 s
     # here); the multi-worker tests below run the compiled step.
-    model = DepthModelConfig(depth_layers=18, pose_layers=18, pose_input_size=None, dropout=0.0)
+    model = DepthModelConfig(depth_layers=10, pose_layers=10, pose_input_size=None, dropout=0.0)
     results = {{}}
     for strategy in {strategies}:
         config = TrainConfig(model="baseline", height=64, width=64, batch_size=2, num_steps=2,
@@ -48,7 +48,7 @@ _DISTRIBUTED_RUN = """
 
 
 # Gradient clipping is active on every step of the distributed runs: a fresh network's gradient norm
-# is far above 1e-5. The clipped gradient's elements (~1e-5 / sqrt(2.5e7 parameters)) are then below
+# is far above 1e-5. The clipped gradient's elements (~1e-5 / sqrt(2e7 parameters)) are then below
 # Adam's epsilon, so the update is nearly proportional to the clipped gradient, and a clip at R x the
 # norm (Keras clipping each replica's part before the cross-replica sum) shows in weights, moments
 # and the logged norm.
@@ -129,7 +129,7 @@ _WORKER_RUN = """
     from tripled_tf import checkpoint, training
     from tripled_tf.models.depth_model import DepthModelConfig
     from tripled_tf.train_config import TrainConfig
-    model = DepthModelConfig(depth_layers=18, pose_layers=18, pose_input_size=None, dropout=0.0)
+    model = DepthModelConfig(depth_layers=10, pose_layers=10, pose_input_size=None, dropout=0.0)
     config = TrainConfig(model="baseline", height=64, width=64, batch_size=2, num_steps=4,
                          num_train_samples=6, num_val_samples=0, num_preview=1,
                          learning_rate=1e-3, warmup_steps=0, verbose=0, image_summary_every=0,

@@ -1,7 +1,7 @@
 """The trainer (tripled_tf.training): exact resume (also after SIGKILL), the NaN/Inf guard, determinism,
 mixed precision, TensorBoard summaries.
 
-Tiny baseline models (ResNet-18, 64x64) keep each run to seconds; the TripleDNet configs are smoke-run
+Tiny baseline models (ResNet-10, 64x64) keep each run to seconds; the TripleDNet configs are smoke-run
 in test_configs.py, distribution is in test_train_distribution.py.
 """
 import dataclasses
@@ -26,7 +26,7 @@ from tripled_tf.train_callbacks import NonFiniteLossError, TrainingCallback
 from tripled_tf.train_config import TrainConfig, schedule_in_steps
 from training_runs import run_script, subprocess_env, weights
 
-MODEL = DepthModelConfig(depth_layers=18, pose_layers=18, pose_input_size=None)
+MODEL = DepthModelConfig(depth_layers=10, pose_layers=10, pose_input_size=None)
 
 
 def _config(tmp_path, name="run", **changes) -> TrainConfig:
@@ -127,7 +127,7 @@ def test_sigkill_mid_run_leaves_a_checkpoint_the_resumed_run_continues(tmp_path)
     run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "tripled_tf.train", "--model=baseline", "--dataset=synthetic",
             "--height=64", "--width=64", "--batch_size=2", "--num_train_samples=6",
-            "--num_val_samples=0", "--num_preview=1", "--depth_layers=18", "--pose_height=0",
+            "--num_val_samples=0", "--num_preview=1", "--depth_layers=10", "--pose_layers=10", "--pose_height=0",
             "--pose_width=0", "--encoder_weights=none", "--checkpoint_every=1", "--verbose=0",
             "--run_eagerly", "--image_summary_every=0", f"--log_dir={run_dir}"]
     proc = subprocess.Popen(args + ["--num_steps=500"], cwd=tmp_path, env=subprocess_env(),
@@ -275,7 +275,7 @@ def test_deterministic_runs_give_identical_losses_and_weights(tmp_path):
         from tripled_tf import checkpoint, training
         from tripled_tf.models.depth_model import DepthModelConfig
         from tripled_tf.train_config import TrainConfig
-        model = DepthModelConfig(depth_layers=18, pose_layers=18, pose_input_size=None)
+        model = DepthModelConfig(depth_layers=10, pose_layers=10, pose_input_size=None)
         out = []
         for name in ("a", "b"):
             config = TrainConfig(model="baseline", height=64, width=64, batch_size=2, num_steps=2,

@@ -13,7 +13,7 @@ from tripled_tf.models.tripled_net import TripleDConfig, TripleDNet
 
 HEIGHT, WIDTH = 64, 64
 MAIN_LEVELS = (False, False, False, False, True)
-SMALL = dict(depth_layers=18, extractor_layers=18, pose_input_size=None)
+SMALL = dict(depth_layers=10, extractor_layers=10, pose_layers=10, pose_input_size=None)
 OFF = dict(use_appearance=False, use_extractor=False, pretext_task="none",
            disentangle_levels=(False,) * 5)
 
@@ -98,7 +98,9 @@ def test_everything_off_reproduces_the_baseline_loss(batch, pretext_models):
     one = {k: v[:1] for k, v in batch.items()}
     model.compute_losses(one, training=False)
     model.config = dataclasses.replace(model.config, identity_noise=0.0, **OFF)
-    baseline = MonoDepthModel(DepthModelConfig(pose_input_size=None, identity_noise=0.0))
+    baseline = MonoDepthModel(DepthModelConfig(depth_layers=SMALL["depth_layers"],
+                                               pose_layers=SMALL["pose_layers"], pose_input_size=None,
+                                               identity_noise=0.0))
     baseline.compute_losses(one, training=False)  # builds it
     for name in ("encoder", "depth_decoder", "pose_net"):
         getattr(baseline, name).set_weights(getattr(model, name).get_weights())

@@ -28,7 +28,7 @@ def define_flags() -> None:
     flags.DEFINE_string("input", None, "Checkpoint to convert (.pth / .pth.tar / .pt, zip or legacy "
                         "format, or .npz).")
     flags.DEFINE_string("output", None, "Output .npz of torchvision backbone keys.")
-    flags.DEFINE_integer("num_layers", 50, "ResNet depth the checkpoint must fill: 18, 34, 50 or 101.")
+    flags.DEFINE_integer("num_layers", 50, "ResNet depth the checkpoint must fill: 10, 18, 34, 50 or 101.")
     flags.DEFINE_enum("source", "auto", list(pretrained.SOURCES),
                       "Publisher layout; auto finds the backbone prefix (MoCo's query encoder preferred).")
 

@@ -13,7 +13,7 @@ from tripled_tf.options import option
 from tripled_tf.models.resnet import RESNET_SPECS
 
 DEPTH_DECODERS = ("featdepth", "monodepth2")
-RESNET_DEPTHS = tuple(sorted(RESNET_SPECS))  # 18, 34, 50, 101
+RESNET_DEPTHS = tuple(sorted(RESNET_SPECS))  # 10, 18, 34, 50, 101
 
 
 @dataclasses.dataclass

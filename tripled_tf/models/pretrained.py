@@ -196,7 +196,7 @@ def load_encoder_weights(encoder: ResNetEncoder, path_or_state: Union[str, os.Pa
     """Loads torchvision ResNet weights into ``encoder``, strictly.
 
     Args:
-      encoder: a ResNetEncoder (built on demand) of the checkpoint's depth (18/34/50/101); with
+      encoder: a ResNetEncoder (built on demand) of the checkpoint's depth (10/18/34/50/101); with
         ``num_input_images = n > 1`` a 3-channel conv1 is repeated n times and divided by n.
       path_or_state: a checkpoint path (anything :func:`load_torchvision_state` reads, typically the
         .npz written by ``tools/convert_resnet_weights.py``) or a {torchvision key: array} mapping in

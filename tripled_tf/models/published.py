@@ -58,7 +58,7 @@ def _tensors(obj, path: str) -> Dict[str, np.ndarray]:
 
 
 def resnet_depth_from_keys(keys, prefix: str, path: str) -> int:
-    """ResNet depth (18/34/50/101) of the torchvision backbone under ``prefix``, from its block keys."""
+    """ResNet depth (10/18/34/50/101) of the torchvision backbone under ``prefix``, from its block keys."""
     keys = set(keys)
     if f"{prefix}layer1.0.conv1.weight" not in keys:
         prefixes = sorted({key.split(".")[0] + "." for key in keys})
