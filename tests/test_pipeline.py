@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tripled_tf import geometry
-from tripled_tf.data import augmentation, pipeline
+from tripled_tf.data import augmentation, frame_files, pipeline
 from tripled_tf.data.pipeline import PipelineConfig
 from tripled_tf.data.records import BadInputError, SkipReport, TripletRecord
 
@@ -382,7 +382,7 @@ def test_load_resized_frame_matches_the_pipeline(tmp_path):
     for method in ("tf_lanczos3", "cv2_area"):
         config = _config(batch_size=1, augment=False, shuffle=False, repeat=False, resize_method=method)
         (batch,) = _batches(pipeline.records_dataset(_records(paths), config), 1)
-        np.testing.assert_allclose(pipeline.load_resized_frame(paths[1], config), batch["target"][0],
+        np.testing.assert_allclose(frame_files.load_resized_frame(paths[1], config), batch["target"][0],
                                    atol=1e-6)
 
 

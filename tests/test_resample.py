@@ -38,11 +38,11 @@ def test_resize_equals_tensorflow(kernel, size):
 
 
 def test_prepare_image_is_the_training_pipelines_resize():
-    from tripled_tf.data import pipeline
+    from tripled_tf.data import frame_files, pipeline
 
     image = (np.random.default_rng(1).random((90, 300, 3)) * 255).astype(np.uint8)
     config = pipeline.PipelineConfig(height=64, width=192, batch_size=1)
-    expected = pipeline._resize_in_tf(tf.constant(image), config).numpy()
+    expected = frame_files.resize_frame(tf.constant(image), config).numpy()
     np.testing.assert_allclose(resample.prepare_image(image, (64, 192)), expected, atol=2e-4)
     with pytest.raises(ValueError, match="uint8"):
         resample.prepare_image(image.astype(np.float32), (64, 192))

@@ -1,5 +1,6 @@
-"""tripled_edge.runtime: runtime fall-back, refusal of files without our metadata, a missing GPU delegate
-library, and the device package importing without TensorFlow. (The GPU accelerator: test_edge_gpu.py.)
+"""tripled_edge.runtime: refusal of files without our metadata, a missing GPU delegate library, and the
+device package importing without TensorFlow. (The GPU accelerator: test_edge_gpu.py; the runtime
+fall-back: test_interpreter.py.)
 """
 import pytest
 import tensorflow as tf
@@ -10,41 +11,6 @@ from tripled_edge import convert, runtime
 def _tflite(function, *specs) -> bytes:
     concrete = tf.function(function).get_concrete_function(*specs)
     return tf.lite.TFLiteConverter.from_concrete_functions([concrete]).convert()
-
-
-# ------------------------------------------------------------------------------------------------
-# Runtime selection
-
-
-def _fake_runtime(name, fail_at):
-    class Interpreter:
-        def __init__(self, model_path, num_threads=None, experimental_delegates=None):
-            if fail_at == "create":
-                raise ValueError(f"{name}: _ARRAY_API not found")  # tflite-runtime under numpy 2
-
-        def allocate_tensors(self):
-            pass
-
-    def importer():
-        if fail_at == "import":
-            raise ImportError(f"No module named {name!r}")
-        return Interpreter, lambda library, options: None
-    return name, importer
-
-
-def test_runtime_falls_back_when_import_or_interpreter_creation_fails(monkeypatch, tmp_path):
-    model = tmp_path / "m.tflite"
-    model.write_bytes(b"")
-    monkeypatch.setattr(runtime, "RUNTIMES", (_fake_runtime("first", "import"),
-                                              _fake_runtime("second", "create"),
-                                              _fake_runtime("third", None)))
-    _, name = runtime.make_interpreter(model)
-    assert name == "third"
-    monkeypatch.setattr(runtime, "RUNTIMES", (_fake_runtime("first", "import"),
-                                              _fake_runtime("second", "create")))
-    with pytest.raises(runtime.RuntimeUnavailableError) as error:
-        runtime.make_interpreter(model)
-    assert "first: No module named" in str(error.value) and "_ARRAY_API" in str(error.value)
 
 
 def test_runtime_refuses_files_without_our_metadata(tmp_path):

@@ -62,7 +62,7 @@ def _ground_truth(height: int, width: int):
     import numpy as np
 
     from tripled_tf import evaluation
-    from tripled_tf.data import kitti, pipeline, synthetic
+    from tripled_tf.data import frame_files, kitti, synthetic
 
     if FLAGS.dataset == "synthetic":
         native = synthetic.make_triplets(FLAGS.num_samples, height, width, seed=0, split="test")
@@ -71,7 +71,7 @@ def _ground_truth(height: int, width: int):
         return frames, uint8, list(native["depth"][..., 0]), None
     frames_list = kitti.eval_frames(FLAGS.data_path, FLAGS.split, splits_dir=FLAGS.splits_dir or None)
     frames, depths, _ = evaluation.kitti_depth_samples(frames_list, height, width)
-    uint8 = [pipeline.load_frame(f.image) for f in frames_list[:4]]
+    uint8 = [frame_files.load_frame(f.image) for f in frames_list[:4]]
     return frames, uint8, depths, "garg"
 
 

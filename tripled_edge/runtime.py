@@ -13,10 +13,8 @@ Accelerators (``ACCELERATORS``), on LiteRT's ``CompiledModel`` API (``ai-edge-li
         when an operator would fall back to the CPU (a split graph is usually slower than the CPU).
   auto  the GPU when it takes the whole graph, otherwise the CPU, with one logged warning saying why.
 When ``CompiledModel`` is missing (``tflite-runtime`` or an old LiteRT) the CPU path falls back to the
-``Interpreter`` API: ``ai-edge-litert``, then ``tflite-runtime`` (stops at 2.14 and fails under numpy 2
-when the interpreter is *created*, so creation is guarded too), then ``tf.lite`` if TensorFlow happens
-to be installed. ``delegate=`` (a delegate .so, e.g. a TFLite GPU delegate built for Jetson) uses the
-Interpreter API too.
+``Interpreter`` API (:mod:`tripled_edge.interpreter`: ``ai-edge-litert``, then ``tflite-runtime``, then
+``tf.lite``); ``delegate=`` (a delegate .so, e.g. a TFLite GPU delegate built for Jetson) uses it too.
 
 The frame is prepared exactly as in training (``tripled_edge.resample``: /255, lanczos3 with
 antialiasing to the network's size, clip); the network's half-resolution disparity is resized
@@ -39,20 +37,15 @@ import numpy as np
 
 from tripled_edge import metadata as tflite_metadata
 from tripled_edge import resample
+from tripled_edge.interpreter import (InterpreterEngine, RuntimeUnavailableError, importable_runtimes,
+                                      make_interpreter)
 
 ACCELERATORS = ("cpu", "gpu", "auto")
-# Names of the GPU delegate library on the platforms that ship or build one (Interpreter API).
-GPU_DELEGATE_LIBRARIES = ("libtensorflowlite_gpu_delegate.so", "libtensorflowlite_gpu_gl.so",
-                          "libLiteRtGpuAccelerator.so")
 # What LiteRT's GPU accelerator says (on stderr) about each operator it refuses.
 _GPU_REFUSAL_HEADER = "Following operations are not supported by GPU delegate:"
 _NOT_ACCELERATED = "Some ops are not accelerated"
 
 log = logging.getLogger(__name__)
-
-
-class RuntimeUnavailableError(RuntimeError):
-    """No TFLite runtime could load the model (the message lists what each one said)."""
 
 
 class GpuUnavailableError(RuntimeUnavailableError):
@@ -67,93 +60,6 @@ class GpuUnavailableError(RuntimeUnavailableError):
         super().__init__(message)
         self.adapter = adapter
         self.refused = list(refused)
-
-
-# ------------------------------------------------------------------------------------------------
-# Interpreter API (tflite-runtime / tf.lite fallbacks, delegate libraries)
-
-
-def _import_litert():
-    from ai_edge_litert.interpreter import Interpreter, load_delegate
-    return Interpreter, load_delegate
-
-
-def _import_tflite_runtime():
-    from tflite_runtime.interpreter import Interpreter, load_delegate
-    return Interpreter, load_delegate
-
-
-def _import_tf_lite():
-    import tensorflow as tf  # only if it happens to be installed: never required
-    return tf.lite.Interpreter, tf.lite.experimental.load_delegate
-
-
-RUNTIMES = (("ai-edge-litert", _import_litert), ("tflite-runtime", _import_tflite_runtime),
-            ("tf.lite", _import_tf_lite))
-
-
-def _backends(errors: List[str]):
-    """Yields (name, Interpreter class, load_delegate) of each importable runtime, preferred first,
-    imported only when reached; import failures are appended to ``errors``."""
-    for name, importer in RUNTIMES:
-        try:
-            interpreter_class, load_delegate = importer()
-        except ImportError as error:
-            errors.append(f"{name}: {error}")
-            continue
-        yield name, interpreter_class, load_delegate
-
-
-def _load_delegates(load_delegate, delegate, options: Optional[Dict]) -> List:
-    if delegate is None:
-        return []
-    candidates = GPU_DELEGATE_LIBRARIES if delegate == "gpu" else (str(delegate),)
-    errors = []
-    for library in candidates:
-        try:
-            return [load_delegate(library, options or {})]
-        except (ValueError, OSError, RuntimeError) as error:
-            errors.append(f"{library}: {error}")
-    raise RuntimeUnavailableError(
-        f"delegate {delegate!r} could not be loaded ({'; '.join(errors)}). On Jetson build the TFLite "
-        "GPU delegate and pass its .so path; elsewhere use accelerator='gpu' (LiteRT's GPU accelerator).")
-
-
-def make_interpreter(model_path, delegate=None, num_threads: Optional[int] = None,
-                     delegate_options: Optional[Dict] = None):
-    """(interpreter with tensors allocated, runtime name) from the first runtime that works."""
-    errors: List[str] = []
-    for name, interpreter_class, load_delegate in _backends(errors):
-        try:
-            delegates = _load_delegates(load_delegate, delegate, delegate_options)
-            interpreter = interpreter_class(model_path=str(model_path), num_threads=num_threads,
-                                            experimental_delegates=delegates or None)
-            interpreter.allocate_tensors()
-            return interpreter, name
-        except RuntimeUnavailableError:
-            raise
-        except (ValueError, RuntimeError, AttributeError, ImportError) as error:
-            # tflite-runtime under numpy 2 fails here ("_ARRAY_API not found"), not at import
-            errors.append(f"{name}: {error}")
-    raise RuntimeUnavailableError(f"{model_path}: no TFLite runtime could load it: {'; '.join(errors)} "
-                                  "(pip install ai-edge-litert)")
-
-
-class _InterpreterEngine:
-    """One input, one output through the Interpreter API. ``input`` / ``output``: dicts with
-    ``shape``, ``dtype`` (numpy type) and ``quantization`` ((scale, zero point); (0.0, 0) for float)."""
-
-    def __init__(self, interpreter, runtime: str):
-        self.interpreter = interpreter
-        self.runtime = runtime
-        self.accelerator = "cpu"
-        self.input = interpreter.get_input_details()[0]
-        self.output = interpreter.get_output_details()[0]
-
-    def run(self, tensor: np.ndarray) -> np.ndarray:
-        self.interpreter.set_tensor(self.input["index"], tensor)
-        self.interpreter.invoke()
-        return self.interpreter.get_tensor(self.output["index"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -290,7 +196,7 @@ def _make_engine(model_path, accelerator: str, num_threads: Optional[int], deleg
     if delegate is not None:
         if accelerator != "cpu":
             raise ValueError("pass either delegate= (Interpreter API) or accelerator=, not both")
-        return _InterpreterEngine(*make_interpreter(model_path, delegate, num_threads, delegate_options))
+        return InterpreterEngine(*make_interpreter(model_path, delegate, num_threads, delegate_options))
     if accelerator in ("gpu", "auto") and "tensorflow" in sys.modules:
         # Seen with Mesa's lavapipe: compiling for the GPU kills a process that has TensorFlow loaded
         # (a segmentation fault in the native GPU stack). Run the device code in its own process.
@@ -316,7 +222,7 @@ def _make_engine(model_path, accelerator: str, num_threads: Optional[int], deleg
     try:
         return _compile(model_path, "cpu", num_threads)
     except ImportError:  # tflite-runtime / tf.lite / an old LiteRT: the Interpreter API
-        return _InterpreterEngine(*make_interpreter(model_path, None, num_threads))
+        return InterpreterEngine(*make_interpreter(model_path, None, num_threads))
 
 
 class DepthModel:
@@ -386,7 +292,7 @@ def load(model_path, accelerator: str = "cpu", num_threads: Optional[int] = None
         "auto" (the GPU when it takes the whole graph, else the CPU with a logged warning).
       num_threads: CPU threads (None: the runtime's default).
       delegate: Interpreter API with a delegate: "gpu" (a library under one of
-        ``GPU_DELEGATE_LIBRARIES``) or a path to a delegate .so (e.g. a TFLite GPU delegate built
+        ``interpreter.GPU_DELEGATE_LIBRARIES``) or a path to a delegate .so (e.g. a TFLite GPU delegate built
         for Jetson).
       delegate_options: passed to ``load_delegate``.
     Raises:
@@ -447,7 +353,7 @@ def gpu_verdict(model_path, timeout: float = 600) -> Tuple[bool, List[str]]:
 
 def available_runtimes() -> Sequence[str]:
     """Names of the importable runtimes, preferred first."""
-    return [name for name, _, _ in _backends([])]
+    return importable_runtimes()
 
 
 if __name__ == "__main__":  # python -m tripled_edge.runtime --gpu-verdict MODEL (used by gpu_verdict)

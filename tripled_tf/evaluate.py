@@ -137,7 +137,7 @@ def evaluate_pose_task(model, config: dict) -> dict:
     import numpy as np
 
     from tripled_tf import evaluation
-    from tripled_tf.data import kitti, pipeline, synthetic
+    from tripled_tf.data import frame_files, kitti, pipeline, synthetic
     from tripled_tf.inference import NonFiniteOutputError
 
     height, width = _input_size((config["train"]["height"], config["train"]["width"]))
@@ -154,7 +154,7 @@ def evaluate_pose_task(model, config: dict) -> dict:
             poses_path = (os.path.join(FLAGS.poses_dir, f"{number:02d}.txt") if FLAGS.poses_dir
                           else None)
             paths, poses = kitti.odometry_sequence(FLAGS.data_path, number, poses_path)
-            frames = np.stack([pipeline.load_resized_frame(p, resize) for p in paths])
+            frames = np.stack([frame_files.load_resized_frame(p, resize) for p in paths])
             sequences[f"{number:02d}"] = (frames, poses)
     result = {"sequences": {}, "dataset": FLAGS.dataset, "height": height, "width": width,
               "snippet_length": 5}

@@ -94,13 +94,13 @@ def kitti_depth_samples(frames, height: int, width: int, ground_truth: str = "au
     Raises:
       BadInputError for a frame without the requested ground truth.
     """
-    from tripled_tf.data import kitti, pipeline
+    from tripled_tf.data import frame_files, kitti, pipeline
     from tripled_tf.data.records import BadInputError, unreadable
 
     if ground_truth not in ("auto", "benchmark", "velodyne"):
         raise ValueError(f"ground_truth must be auto, benchmark or velodyne, got {ground_truth!r}")
     config = pipeline.PipelineConfig(height=height, width=width, batch_size=1)
-    images = np.stack([pipeline.load_resized_frame(f.image, config) for f in frames])
+    images = np.stack([frame_files.load_resized_frame(f.image, config) for f in frames])
     if gt_depths_file is not None:
         # Monodepth2's file is an object array of maps: loading it needs pickle, so only the user's own
         # exported file should be given here.

@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from tripled_tf import presets
-from tripled_tf.data import kitti, pipeline, synthetic, video
+from tripled_tf.data import frame_files, kitti, pipeline, synthetic, video
 from tripled_tf.data.records import BAD_LIDAR, UNREADABLE_FILE, BadInputError, SkipReport
 from tripled_tf.models import pretrained
 from tripled_tf.models.depth_model import DepthModelConfig, MonoDepthModel
@@ -156,7 +156,7 @@ def _kitti_held_out(config: TrainConfig, report: SkipReport) -> Optional[dict]:
         try:
             depth = kitti.generate_depth_map(calib_dir, record.depth_path, cam=2 if side == "l" else 3)
             cause = UNREADABLE_FILE
-            image = pipeline.load_resized_frame(record.target, pipe)
+            image = frame_files.load_resized_frame(record.target, pipe)
         except BadInputError as error:
             if not config.skip_bad_frames:
                 raise
