@@ -27,7 +27,7 @@ class BuiltByFirstCall:
 
     Without a ``build`` method Keras 3 first traces the whole ``call`` symbolically only to build the
     sub-layers, then runs it: half of a network's build time (TripleDNet with ResNet-18s at 64x96:
-    2.96 -> 1.67 s of CPU, the baseline 1.91 -> 0.71 s), paid by every training run, checkpoint load
+    2.96 -> 1.57 s of CPU, the baseline 1.91 -> 0.66 s), paid by every training run, checkpoint load
     and export. The variables, their initial values (seeded) and their order are the same either way.
     """
 
