@@ -220,6 +220,33 @@ def import_featdepth(repo):
     return depth_encoder, depth_decoder, pose_encoder, pose_decoder, encoder
 
 
+def calibrate_disparity_heads(torch, decoder, depth_outputs, load):
+    """(scales, offsets) per state-dict key that make FeatDepth's / TripleD's disparity heads spread
+    their sigmoid outputs over (0, 1), loaded last: ``load(scales, offsets)`` loads the seeded weights
+    with such per-key factors, ``depth_outputs()`` runs the depth network.
+
+    Each stage's head sees the previous stage's disparity: calibrated one stage at a time, deepest
+    first, each with the scales of the deeper ones in place. The heads' inputs are large and mostly
+    positive (chained residual pooling sums five terms), so the logits are also centred: the bias
+    gets an offset.
+    """
+    scales, offsets = {}, {}
+    for stage in (4, 3, 2, 1):
+        load(scales, offsets)
+        logits = []
+        hook = getattr(decoder, f"disp{stage}")[0].register_forward_hook(
+            lambda m, i, o: logits.append(o.detach().numpy()))
+        with torch.no_grad():
+            depth_outputs()
+        hook.remove()
+        factor = float(DISP_LOGIT_STD / max(logits[0].std(), 1e-6))
+        scales[f"DepthDecoder.disp{stage}.0.conv.weight"] = factor
+        scales[f"DepthDecoder.disp{stage}.0.conv.bias"] = factor
+        offsets[f"DepthDecoder.disp{stage}.0.conv.bias"] = -factor * float(logits[0].mean())
+    load(scales, offsets)
+    return scales, offsets
+
+
 def featdepth_fixture(torch, repo, output, name, depth_layers):
     import torch.nn.functional as F
 
@@ -250,24 +277,8 @@ def featdepth_fixture(torch, repo, output, name, depth_layers):
             module.eval()
 
     encoder, decoder = parts["DepthEncoder"], parts["DepthDecoder"]
-    # Each stage's head sees the previous stage's disparity: calibrated one stage at a time, deepest
-    # first, each with the scales of the deeper ones in place.
-    # The heads' inputs are large and mostly positive (chained residual pooling sums five terms), so
-    # the logits are also centred: the bias gets an offset.
-    scales, offsets = {}, {}
-    for stage in (4, 3, 2, 1):
-        load(scales, offsets)
-        logits = []
-        hook = getattr(decoder, f"disp{stage}")[0].register_forward_hook(
-            lambda m, i, o: logits.append(o.detach().numpy()))
-        with torch.no_grad():
-            decoder(encoder(to_torch(image)))
-        hook.remove()
-        factor = float(DISP_LOGIT_STD / max(logits[0].std(), 1e-6))
-        scales[f"DepthDecoder.disp{stage}.0.conv.weight"] = factor
-        scales[f"DepthDecoder.disp{stage}.0.conv.bias"] = factor
-        offsets[f"DepthDecoder.disp{stage}.0.conv.bias"] = -factor * float(logits[0].mean())
-    load(scales, offsets)
+    scales, offsets = calibrate_disparity_heads(torch, decoder,
+                                                lambda: decoder(encoder(to_torch(image))), load)
 
     folder = os.path.join(output, name)
     os.makedirs(folder, exist_ok=True)
@@ -369,21 +380,7 @@ def tripled_fixture(torch, repo, output, name, depth_layers=18):
         # TripleD's eval-mode forward: encoder -> depth_skip_layer_* (the split) -> DepthDecoder.
         return model({("color_aug", 0, 0): to_torch(image)})
 
-    # Disparity heads calibrated stage by stage, deepest first (as for FeatDepth).
-    scales, offsets = {}, {}
-    for stage in (4, 3, 2, 1):
-        load(scales, offsets)
-        logits = []
-        hook = getattr(model.DepthDecoder, f"disp{stage}")[0].register_forward_hook(
-            lambda m, i, o: logits.append(o.detach().numpy()))
-        with torch.no_grad():
-            depth_outputs()
-        hook.remove()
-        factor = float(DISP_LOGIT_STD / max(logits[0].std(), 1e-6))
-        scales[f"DepthDecoder.disp{stage}.0.conv.weight"] = factor
-        scales[f"DepthDecoder.disp{stage}.0.conv.bias"] = factor
-        offsets[f"DepthDecoder.disp{stage}.0.conv.bias"] = -factor * float(logits[0].mean())
-    load(scales, offsets)
+    scales, offsets = calibrate_disparity_heads(torch, model.DepthDecoder, depth_outputs, load)
 
     folder = os.path.join(output, name)
     os.makedirs(folder, exist_ok=True)
